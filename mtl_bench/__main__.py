@@ -1,0 +1,3 @@
+from mtl_bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Errors that the command line turns into one line on stderr and a documented exit code."""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user: unknown name, malformed option, unreadable file.
+
+    The command line prints ``str(error)`` on one line and exits with code 2.
+    """
+
+
+class RunDiverged(RuntimeError):
+    """A training run produced a non-finite loss; the run is recorded as failed."""
+
+    def __init__(self, epoch: int, step: int, losses: list[float]):
+        self.epoch = epoch
+        self.step = step
+        self.losses = losses
+        super().__init__(
+            f"non-finite loss at epoch {epoch} (step {step}): task losses {losses}"
+        )
+
+
+def check_param(ok: bool, name: str, requirement: str, value: object) -> None:
+    """Raise the one fixed wording used for every invalid hyper-parameter.
+
+    ``check_param(False, "alpha", "a non-negative float", -1)`` raises
+    ``UserError("Parameter `alpha` should be a non-negative float. Found `alpha = -1`.")``.
+    """
+    if not ok:
+        raise UserError(f"Parameter `{name}` should be {requirement}. Found `{name} = {value!r}`.")

@@ -1,0 +1,173 @@
+"""Metric functions, each with its direction (higher or lower is better).
+
+Classification metrics take class probabilities (N, C) and integer targets (N,); regression
+metrics take predictions and targets (N,) in the target's original units. All return floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    kind: str  # "classification" or "regression"
+    description: str = ""
+
+    def __call__(self, pred: np.ndarray, target: np.ndarray) -> float:
+        return float(self.fn(np.asarray(pred), np.asarray(target)))
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def metric(name: str, higher_is_better: bool, kind: str, description: str = ""):
+    def decorator(fn):
+        if name in METRICS:
+            raise ValueError(f"metric '{name}' is already defined")
+        METRICS[name] = Metric(name, higher_is_better, fn, kind, description)
+        return fn
+
+    return decorator
+
+
+def get_metric(name: str) -> Metric:
+    from mtl_bench.errors import UserError
+
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise UserError(
+            f"unknown metric '{name}'; choose from: {', '.join(sorted(METRICS))}"
+        ) from None
+
+
+def higher_is_better(name: str) -> bool:
+    return get_metric(name).higher_is_better
+
+
+# -- classification ----------------------------------------------------------------------------
+def confusion_counts(pred_labels: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class one-vs-rest counts, shape (C, 4): columns TP, FP, FN, TN."""
+    pred_labels = np.asarray(pred_labels).astype(int)
+    target = np.asarray(target).astype(int)
+    cm = np.bincount(target * n_classes + pred_labels, minlength=n_classes * n_classes)
+    cm = cm.reshape(n_classes, n_classes)  # rows: true, cols: predicted
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = cm.sum() - tp - fp - fn
+    return np.stack([tp, fp, fn, tn], axis=1)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=float)
+    den = np.asarray(den, dtype=float)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def per_class_precision_recall_f1(proba: np.ndarray, target: np.ndarray):
+    counts = confusion_counts(proba.argmax(axis=1), target, proba.shape[1])
+    tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
+    precision = _safe_div(tp, tp + fp)
+    recall = _safe_div(tp, tp + fn)
+    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
+    return precision, recall, f1, counts
+
+
+def _present(proba: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Classes that occur in the target or the prediction (macro averages skip absent ones)."""
+    c = proba.shape[1]
+    return np.union1d(np.unique(target.astype(int)), np.unique(proba.argmax(axis=1))).clip(0, c - 1)
+
+
+@metric("accuracy", True, "classification", "fraction of correct argmax predictions")
+def accuracy(proba: np.ndarray, target: np.ndarray) -> float:
+    return float((proba.argmax(axis=1) == target.astype(int)).mean())
+
+
+@metric("macro_f1", True, "classification", "unweighted mean of per-class F1")
+def macro_f1(proba: np.ndarray, target: np.ndarray) -> float:
+    _, _, f1, _ = per_class_precision_recall_f1(proba, target)
+    return float(f1[_present(proba, target)].mean())
+
+
+@metric("precision", True, "classification", "macro-averaged precision")
+def macro_precision(proba: np.ndarray, target: np.ndarray) -> float:
+    p, _, _, _ = per_class_precision_recall_f1(proba, target)
+    return float(p[_present(proba, target)].mean())
+
+
+@metric("recall", True, "classification", "macro-averaged recall")
+def macro_recall(proba: np.ndarray, target: np.ndarray) -> float:
+    _, r, _, _ = per_class_precision_recall_f1(proba, target)
+    return float(r[_present(proba, target)].mean())
+
+
+@metric("ece", False, "classification", "expected calibration error, 15 equal-width bins")
+def expected_calibration_error(proba: np.ndarray, target: np.ndarray, n_bins: int = 15) -> float:
+    """ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)| over equal-width confidence bins."""
+    conf = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == target.astype(int)).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
+
+
+@metric("auroc", True, "classification", "macro one-vs-rest area under the ROC curve")
+def auroc(proba: np.ndarray, target: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    target = target.astype(int)
+    scores = []
+    for c in range(proba.shape[1]):
+        pos = target == c
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = rankdata(proba[:, c])
+        scores.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+# -- regression --------------------------------------------------------------------------------
+@metric("mae", False, "regression", "mean absolute error, target units")
+def mae(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.abs(pred - target).mean())
+
+
+@metric("rmse", False, "regression", "root mean squared error, target units")
+def rmse(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.sqrt(((pred - target) ** 2).mean()))
+
+
+@metric("r2", True, "regression", "coefficient of determination")
+def r2(pred: np.ndarray, target: np.ndarray) -> float:
+    ss_res = ((target - pred) ** 2).sum()
+    ss_tot = ((target - target.mean()) ** 2).sum()
+    return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def delta_m(mtl: dict[str, float], single: dict[str, float], higher: dict[str, bool]) -> float:
+    """Delta_m% = mean_k (-1)^{h_k} (M_mtl,k - M_single,k) / M_single,k * 100.
+
+    ``h_k`` is 1 when higher is better for metric k (Maninis et al. 2019; Navon et al. 2022), so
+    *lower* Delta_m is better and a negative value means the multi-task model beats single-task.
+    Keys are (task, metric) labels shared by the three dicts.
+    """
+    terms = []
+    for key, m in mtl.items():
+        s = single[key]
+        sign = -1.0 if higher[key] else 1.0
+        terms.append(sign * (m - s) / abs(s) * 100.0)
+    return float(np.mean(terms))

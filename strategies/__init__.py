@@ -1,0 +1,1 @@
+"""Built-in weighting strategies, one module each; importing a module registers it."""

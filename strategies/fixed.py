@@ -1,0 +1,53 @@
+"""Fixed (static) task weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mtl_bench.errors import check_param
+from mtl_bench.registry import register_strategy
+from mtl_bench.strategy import Strategy, TaskGradients, TaskInfo, Update
+
+
+@register_strategy("fixed")
+class Fixed(Strategy):
+    """Static linear scalarisation: L = sum_i w_i L_i with constant weights.
+
+    With no weights given every task gets weight 1 (equal weighting, the baseline every other
+    strategy is compared against). Fixed weights swept over the simplex trace the scalarisation
+    front of Xin et al., "Do Current Multi-Task Optimization Methods in Deep Learning Even Help?"
+    (NeurIPS 2022).
+
+    Args:
+        weights: one non-negative weight per task, not all zero; ``None`` means all ones.
+    """
+
+    paper = "linear scalarisation; Xin et al., NeurIPS 2022"
+
+    def __init__(self, weights: Sequence[float] | None = None):
+        super().__init__()
+        if weights is not None:
+            ok = (isinstance(weights, Sequence) and not isinstance(weights, str)
+                  and len(weights) > 0
+                  and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                          and w == w and w != float("inf") for w in weights)
+                  and any(w > 0 for w in weights))
+            check_param(ok, "weights", "a list of non-negative finite numbers, not all zero",
+                        weights)
+            weights = tuple(float(w) for w in weights)
+        self.weights = weights
+        self.register_buffer("w", torch.ones(0))
+
+    def setup(self, tasks: Sequence[TaskInfo], seed: int = 0) -> None:
+        super().setup(tasks, seed)
+        if self.weights is not None and len(self.weights) != self.n_tasks:
+            check_param(False, "weights", f"a list of {self.n_tasks} numbers (one per task)",
+                        list(self.weights))
+        values = self.weights if self.weights is not None else [1.0] * self.n_tasks
+        self.w = torch.tensor(values, dtype=torch.float32)
+
+    def combine(self, losses: Tensor, grads: TaskGradients | None = None) -> Update:
+        return self.weighted_sum(self.w, losses)

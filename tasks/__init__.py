@@ -1,0 +1,1 @@
+"""Built-in task pairs, one module each; importing a module registers it."""
