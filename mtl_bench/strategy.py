@@ -163,6 +163,12 @@ class Strategy(nn.Module):
     def on_epoch_end(self, epoch: int, train_losses: Tensor) -> None:
         """Called after each epoch with the (T,) mean training loss of each task."""
 
+    @classmethod
+    def variants(cls, params: dict[str, Any], n_tasks: int) -> list[dict[str, Any]]:
+        """Expand one parameter set into the runs it stands for (default: itself). A strategy
+        with a sweep mode (fixed weights over the simplex) returns one set per grid point."""
+        return [params]
+
     # -- helpers -----------------------------------------------------------------------------
     def weighted_sum(self, weights: Tensor, losses: Tensor) -> Update:
         """The common loss-level update: sum of weights x losses, weights treated as constants."""

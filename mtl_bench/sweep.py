@@ -102,8 +102,12 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
     for task in spec.tasks:
         task_grid = grid(spec.assignments.get(task, {}))
         for task_options in task_grid:
+            n_tasks = len(registry.tasks.get(task)(**task_options).tasks())
             for strategy in spec.strategies:
-                for params in grid(spec.assignments.get(strategy, {})):
+                cls = registry.strategies.get(strategy)
+                variants = [v for params in grid(spec.assignments.get(strategy, {}))
+                            for v in cls.variants(params, n_tasks)]
+                for params in variants:
                     for seed in spec.seeds:
                         configs.append(replace(spec.base, task=task, strategy=strategy,
                                                strategy_params=params, seed=seed,

@@ -43,7 +43,8 @@ def test_gradient_level_path_with_equal_weights_matches_fixed(source):
     """weights @ G applied at the shared parameters (or back-propagated from the representation)
     plus unweighted head gradients must equal a plain backward of L_a + L_b."""
     grads = {}
-    for name, strat in (("fixed", build_strategy("fixed", {})), ("grad", _EqualByGradients(source))):
+    pairs = (("fixed", build_strategy("fixed", {})), ("grad", _EqualByGradients(source)))
+    for name, strat in pairs:
         model, tasks, x, ys = _net()
         strat.setup([t.info for t in tasks])
         opt = torch.optim.SGD(model.parameters(), lr=0.0)

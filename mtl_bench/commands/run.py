@@ -36,7 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="task pair(s), comma-separated (default: clsreg)")
     p.add_argument("--strategy", type=_csv, default=None,
                    help="strategy(ies), comma-separated (default: every registered strategy)")
-    p.add_argument("--seeds", default="1", help="number of seeds (3) or a list (0,5,7)")
+    p.add_argument("--seeds", default=None,
+                   help="number of seeds (3) or a list (0,5,7); default 1")
+    p.add_argument("--profile", default=None,
+                   help="preset of tasks/strategies/seeds/epochs: quick or default "
+                        "(explicit options override it)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the pair's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="model learning rate")
@@ -69,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtl_bench.aggregate import terminal_table
+    from mtl_bench.profiles import get_profile
     from mtl_bench.store import RunStore
     from mtl_bench.sweep import (
         SweepSpec,
@@ -82,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from mtl_bench.train import RunConfig
 
-    tasks = args.task or ["clsreg"]
-    strategies = args.strategy or registry.strategies.names()
+    profile = get_profile(args.profile) if args.profile else {}
+    tasks = args.task or profile.get("tasks") or ["clsreg"]
+    strategies = args.strategy or profile.get("strategies") or registry.strategies.names()
+    seeds = args.seeds or profile.get("seeds") or "1"
+    epochs = args.epochs if args.epochs is not None else profile.get("epochs")
     for t in tasks:
         registry.tasks.get(t)
     for s in strategies:
@@ -93,11 +101,11 @@ def run(args: argparse.Namespace) -> int:
         assignments.setdefault("fixed", {})["weights"] = [args.weights]
     if args.jobs < 1:
         raise UserError(f"--jobs must be a positive integer, got {args.jobs}")
-    base = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    base = RunConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                      weight_decay=args.weight_decay, architecture=args.architecture,
                      sampling=args.sampling, device=args.device, threads=args.threads,
                      diag_every=args.diag_every)
-    spec = SweepSpec(tasks, strategies, parse_seeds(args.seeds), assignments, base,
+    spec = SweepSpec(tasks, strategies, parse_seeds(seeds), assignments, base,
                      single_task=args.single_task)
     configs = expand(spec)
     validate_all(configs)
