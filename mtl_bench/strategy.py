@@ -134,6 +134,8 @@ class Strategy(nn.Module):
     family: ClassVar[str] = "loss weighting"
     #: Short reference shown by ``mtl-bench list``.
     paper: ClassVar[str] = ""
+    #: True when permuting the tasks permutes the weights the same way (checked by the suite).
+    permutation_invariant: ClassVar[bool] = False
 
     #: Where the harness must take task gradients before calling combine (None: not needed).
     grad_source: str | None = None
