@@ -53,17 +53,42 @@ def higher_is_better(name: str) -> bool:
 
 
 # -- classification ----------------------------------------------------------------------------
-def confusion_counts(pred_labels: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-class one-vs-rest counts, shape (C, 4): columns TP, FP, FN, TN."""
+def confusion_matrix(pred_labels: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts, rows true class, columns predicted class (the layout of the run record's
+    ``details[task]["confusion"]``)."""
     pred_labels = np.asarray(pred_labels).astype(int)
     target = np.asarray(target).astype(int)
     cm = np.bincount(target * n_classes + pred_labels, minlength=n_classes * n_classes)
-    cm = cm.reshape(n_classes, n_classes)  # rows: true, cols: predicted
+    return cm.reshape(n_classes, n_classes)
+
+
+def counts_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Per-class one-vs-rest counts of a confusion matrix (rows true, columns predicted), shape
+    (C, 4): columns TP, FP, FN, TN. Accepts the nested list stored in a run record."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"a confusion matrix must be square, got shape {cm.shape}")
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp
     fn = cm.sum(axis=1) - tp
     tn = cm.sum() - tp - fp - fn
     return np.stack([tp, fp, fn, tn], axis=1)
+
+
+def confusion_counts(pred_labels: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class one-vs-rest counts, shape (C, 4): columns TP, FP, FN, TN."""
+    return counts_from_confusion(confusion_matrix(pred_labels, target, n_classes))
+
+
+def per_class_table(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class TP, FP, FN, TN, support, precision, recall and F1 from a confusion matrix
+    (rows true, columns predicted). A ratio with a zero denominator is 0, as in scikit-learn's
+    ``zero_division=0``."""
+    counts = counts_from_confusion(confusion)
+    tp, fp, fn, tn = counts.T
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "support": tp + fn,
+            "precision": _safe_div(tp, tp + fp), "recall": _safe_div(tp, tp + fn),
+            "f1": _safe_div(2 * tp, 2 * tp + fp + fn)}
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -159,15 +184,25 @@ def r2(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def delta_m(mtl: dict[str, float], single: dict[str, float], higher: dict[str, bool]) -> float:
-    """Delta_m% = mean_k (-1)^{h_k} (M_mtl,k - M_single,k) / M_single,k * 100.
+    """Delta_m% = mean_k (-1)^{h_k} (M_mtl,k - M_single,k) / |M_single,k| * 100.
 
     ``h_k`` is 1 when higher is better for metric k (Maninis et al. 2019; Navon et al. 2022), so
     *lower* Delta_m is better and a negative value means the multi-task model beats single-task.
-    Keys are (task, metric) labels shared by the three dicts.
+    Keys are (task, metric) labels; every key of ``mtl`` must be in ``single`` and ``higher``.
+    Dividing by |M_single| (the papers divide by M_single, the same for positive metrics) keeps
+    the sign meaning "worse" for a metric whose baseline is negative, such as a poor R^2.
+    Raises ValueError for an empty ``mtl``, a missing key or a zero baseline (undefined ratio).
     """
+    if not mtl:
+        raise ValueError("delta_m needs at least one metric")
     terms = []
     for key, m in mtl.items():
+        if key not in single or key not in higher:
+            raise ValueError(f"delta_m: metric {key!r} has no single-task value or direction")
         s = single[key]
+        if s == 0:
+            raise ValueError(f"delta_m: single-task value of {key!r} is 0; the relative change "
+                             "is undefined")
         sign = -1.0 if higher[key] else 1.0
         terms.append(sign * (m - s) / abs(s) * 100.0)
     return float(np.mean(terms))

@@ -1,26 +1,48 @@
 """Expand a grid of runs, skip the finished ones, execute the rest and store each record.
 
 Workers (local processes, or Dask workers) return run records to the client, which writes them
-through the store; so a cluster needs no shared file system and every write stays atomic.
+through the store; so a cluster needs no shared file system, every write stays atomic and a
+worker that dies never leaves a half-written record behind.
+
+Local execution (``--jobs N``) keeps N long-lived worker processes, each running one run at a
+time, so the parent always knows which run a worker holds: a worker that dies (segfault, out of
+memory, killed) turns that run into a failed record and a fresh worker takes its place.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import multiprocessing as mp
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import wait as wait_ready
+from pathlib import Path
+from typing import Any, TextIO
 
 from mtl_bench import registry
 from mtl_bench.errors import UserError
-from mtl_bench.store import RunStore
-from mtl_bench.train import RunConfig, train_run, validate
+from mtl_bench.store import RunStore, atomic_write_text
+from mtl_bench.train import SCHEMA_VERSION, RunConfig, train_run, validate
+
+#: Default ``--tune lr`` grid: these factors times the task pair's default learning rate.
+TUNE_LR_FACTORS = (1 / 3, 1.0, 3.0)
+#: File written beside the records by ``--tune``.
+TUNING_FILE = "tuning.json"
+TUNING_SCHEMA = 1
+
+Finish = Callable[[RunConfig, dict[str, Any]], None]
 
 
+# -- parsing -----------------------------------------------------------------------------------
 def parse_value(text: str) -> Any:
     """``3`` -> 3, ``0.5`` -> 0.5, ``true`` -> True, ``none`` -> None, ``1/0.5`` -> [1, 0.5]."""
     text = text.strip()
@@ -62,10 +84,17 @@ def grid(params: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))]
 
 
-def parse_seeds(text: str | int) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``0,5,7`` -> [0, 5, 7]."""
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """``3`` -> [0, 1, 2]; ``0,5,7`` (or a list) -> [0, 5, 7]."""
     try:
+        if isinstance(text, (list, tuple)):
+            seeds = [int(s) for s in text]
+            if not seeds or min(seeds) < 0 or any(isinstance(s, bool) for s in text):
+                raise ValueError
+            return seeds
         if isinstance(text, int) or "," not in str(text):
+            if isinstance(text, bool):
+                raise ValueError
             n = int(text)
             if n < 1:
                 raise ValueError
@@ -74,18 +103,63 @@ def parse_seeds(text: str | int) -> list[int]:
         if not seeds or min(seeds) < 0:
             raise ValueError
         return seeds
-    except ValueError:
+    except (TypeError, ValueError):
         raise UserError(f"--seeds expects a count (3) or a list (0,5,7), got '{text}'") from None
 
 
+def check_lrs(values: Sequence[Any], source: str = "--lr") -> list[float]:
+    """Learning rates must be positive finite numbers; returns them as floats."""
+    out = []
+    for v in values:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if not ok:
+            raise UserError(f"{source} expects positive numbers such as 1e-3,3e-3; got {v!r}")
+        out.append(float(v))
+    if not out:
+        raise UserError(f"{source} expects at least one learning rate")
+    return out
+
+
+def parse_lrs(text: str) -> list[float]:
+    """``1e-3,3e-3`` -> [0.001, 0.003] (one value is a grid of one)."""
+    values: list[Any] = []
+    for t in text.split(","):
+        try:
+            values.append(float(t))
+        except ValueError:
+            values.append(t.strip())
+    return check_lrs(values)
+
+
+# -- the grid ----------------------------------------------------------------------------------
 @dataclass
 class SweepSpec:
+    """What to run. ``lrs``: explicit learning-rate grid for every task pair (None: the base
+    config's lr, or the pair's default). ``lr_factors``: grid relative to each pair's default
+    (``--tune lr`` without ``--lr``); ignored when ``lrs`` is given."""
+
     tasks: Sequence[str]
     strategies: Sequence[str]
     seeds: Sequence[int]
     assignments: dict[str, dict[str, list[Any]]]
     base: RunConfig
     single_task: bool = False
+    lrs: Sequence[float] | None = None
+    lr_factors: Sequence[float] | None = field(default=None)
+
+
+def _round_sig(x: float, digits: int = 3) -> float:
+    # 3e-3 / 3 is 0.0009999999999999998 in binary; round so that run ids and labels stay tidy
+    return float(f"{x:.{digits}g}")
+
+
+def lr_grid(spec: SweepSpec, task: str) -> list[float | None]:
+    if spec.lrs:
+        return list(spec.lrs)
+    if spec.lr_factors:
+        centre = spec.base.lr if spec.base.lr is not None else registry.tasks.get(task).lr
+        return sorted({_round_sig(centre * f) for f in spec.lr_factors})
+    return [spec.base.lr]
 
 
 def expand(spec: SweepSpec) -> list[RunConfig]:
@@ -101,6 +175,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
     configs: list[RunConfig] = []
     for task in spec.tasks:
         task_grid = grid(spec.assignments.get(task, {}))
+        lrs = lr_grid(spec, task)
         for task_options in task_grid:
             n_tasks = len(registry.tasks.get(task)(**task_options).tasks())
             for strategy in spec.strategies:
@@ -108,17 +183,20 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
                 variants = [v for params in grid(spec.assignments.get(strategy, {}))
                             for v in cls.variants(params, n_tasks)]
                 for params in variants:
-                    for seed in spec.seeds:
-                        configs.append(replace(spec.base, task=task, strategy=strategy,
-                                               strategy_params=params, seed=seed,
-                                               task_options=task_options))
+                    for lr in lrs:
+                        for seed in spec.seeds:
+                            configs.append(replace(spec.base, task=task, strategy=strategy,
+                                                   strategy_params=params, seed=seed, lr=lr,
+                                                   task_options=task_options))
             if spec.single_task:
                 pair = registry.tasks.get(task)(**task_options)
                 for t in pair.tasks():
-                    for seed in spec.seeds:
-                        configs.append(replace(spec.base, task=task, strategy="fixed",
-                                               strategy_params={}, seed=seed,
-                                               task_options=task_options, single_task=t.name))
+                    for lr in lrs:
+                        for seed in spec.seeds:
+                            configs.append(replace(spec.base, task=task, strategy="fixed",
+                                                   strategy_params={}, seed=seed, lr=lr,
+                                                   task_options=task_options,
+                                                   single_task=t.name))
     seen: set[str] = set()
     unique = []
     for c in configs:
@@ -133,7 +211,7 @@ def validate_all(configs: Sequence[RunConfig]) -> None:
     checked: set[str] = set()
     for c in configs:
         key = repr((c.task, sorted(c.task_options.items()), c.strategy,
-                    sorted(c.strategy_params.items()), c.architecture, c.single_task))
+                    sorted(c.strategy_params.items()), c.architecture, c.single_task, c.lr))
         if key not in checked:
             checked.add(key)
             validate(c)
@@ -142,56 +220,294 @@ def validate_all(configs: Sequence[RunConfig]) -> None:
 def plan(configs: Sequence[RunConfig], store: RunStore,
          retry_failed: bool = False) -> list[tuple[RunConfig, str | None]]:
     """Each config with its stored status: None (to run), ok, failed, or corrupt (to rerun)."""
-    out = []
-    for c in configs:
-        status = store.status(c.task, c.run_id)
-        out.append((c, status))
-    return out
+    return [(c, store.status(c.task, c.run_id)) for c in configs]
 
 
 def needs_run(status: str | None, retry_failed: bool) -> bool:
     return status is None or status == "corrupt" or (retry_failed and status == "failed")
 
 
-def _describe(c: RunConfig) -> str:
-    return f"{c.task} {c.strategy_label} seed {c.seed}"
+def check_writable(store: RunStore) -> None:
+    """Fail before any training when the results folder cannot take a record."""
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=store.root, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write run records to '{store.root}': "
+                        f"{exc.strerror or exc}") from None
 
 
-def _run_in_worker(config: RunConfig, max_seconds: float | None) -> dict[str, Any]:
-    # one process per run slot: the config's thread count applies to this process only
-    return train_run(config, max_seconds=max_seconds)
+def describe(c: RunConfig, with_lr: bool = False) -> str:
+    lr = f" lr {c.resolved().lr:g}" if with_lr else ""
+    return f"{c.task} {c.strategy_label}{lr} seed {c.seed}"
 
 
+def failed_record(config: RunConfig, reason: str, wall_s: float = 0.0) -> dict[str, Any]:
+    """The record of a run that produced none itself (its worker died or was killed).
+
+    It carries the same keys as a failed record from ``train_run`` so every later stage reads it
+    like any other failure.
+    """
+    resolved = config.resolved()
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": resolved.run_id,
+        "config": resolved.to_dict(),
+        "task_pair": resolved.task,
+        "strategy": resolved.strategy_label,
+        "seed": resolved.seed,
+        "tasks": [],
+        "status": "failed",
+        "reason": reason,
+        "wall_s": wall_s,
+        "selected_epoch": 0,
+        "curves": {"columns": ["epoch", "split", "task", "metric", "value"], "rows": []},
+        "weights": {"tasks": [], "steps_per_epoch": 0, "values": []},
+        "diagnostics": [],
+        "throughput": {},
+        "summary": [],
+    }
+
+
+# -- progress ----------------------------------------------------------------------------------
 class Progress:
     """One overall line per finished run: [done/total] what, status, time, ETA."""
 
-    def __init__(self, total: int, quiet: bool = False, stream=None):
+    def __init__(self, total: int, quiet: bool = False, stream: TextIO | None = None,
+                 with_lr: bool = False):
         self.total = total
         self.done = 0
         self.failed = 0
+        self.failures: list[tuple[RunConfig, str]] = []
         self.quiet = quiet
+        self.with_lr = with_lr
         self.stream = stream or sys.stderr
         self.start = time.perf_counter()
 
     def finished(self, config: RunConfig, record: dict[str, Any]) -> None:
         self.done += 1
         ok = record.get("status") == "ok"
-        self.failed += not ok
+        if not ok:
+            self.failed += 1
+            self.failures.append((config, str(record.get("reason", ""))))
         if self.quiet:
             return
         elapsed = time.perf_counter() - self.start
         eta = elapsed / self.done * (self.total - self.done)
         status = "ok" if ok else f"FAILED: {record.get('reason', '')}"
-        print(f"[{self.done}/{self.total}] {_describe(config)}: {status} "
-              f"({record.get('wall_s', 0):.1f}s, ETA {eta:.0f}s)", file=self.stream, flush=True)
+        print(f"[{self.done}/{self.total}] {describe(config, self.with_lr)}: {status} "
+              f"({record.get('wall_s', 0):.1f}s, elapsed {elapsed:.0f}s, ETA {eta:.0f}s)",
+              file=self.stream, flush=True)
+
+
+# -- plug-ins in worker processes --------------------------------------------------------------
+def plugin_sources(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
+    """(file name, source) of each ``--plugin`` file, to load again inside every worker."""
+    return [(Path(p).name, Path(p).read_text()) for p in paths]
+
+
+_loaded_plugins: set[str] = set()
+
+
+def ensure_plugins(plugins: Sequence[tuple[str, str]]) -> None:
+    """Register plug-in files in this (worker) process once; a Dask worker may have no copy of
+    the client's files, so the source travels with the task."""
+    for name, source in plugins:
+        key = f"{name}:{hash(source)}"
+        if key in _loaded_plugins:
+            continue
+        folder = Path(tempfile.mkdtemp(prefix="mtl-bench-plugin-"))
+        path = folder / name
+        path.write_text(source)
+        registry.load_plugin_file(path)
+        _loaded_plugins.add(key)
+
+
+# -- local worker processes --------------------------------------------------------------------
+def _exit_with_parent(parent_pid: int) -> None:
+    # A worker whose sweep was killed (kill -9) would otherwise finish its run for nobody. Its
+    # OS parent is the fork server (which exits with the sweep) or the sweep itself.
+    ppid = os.getppid()
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # the pid now belongs to another user's process
+            os._exit(1)
+        if os.getppid() != ppid:
+            os._exit(1)
+
+
+def _worker_main(conn: Any, parent_pid: int, plugins: list[tuple[str, str]]) -> None:
+    """Loop of one worker process: receive a config, send back ("record", record)."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent alone decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    try:
+        ensure_plugins(plugins)
+    except UserError as exc:
+        conn.send(("user_error", str(exc)))
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        config, max_seconds = msg
+        try:
+            conn.send(("record", train_run(config, max_seconds=max_seconds)))
+        except UserError as exc:
+            conn.send(("user_error", str(exc)))
+        except Exception as exc:  # train_run records its own failures; this is a last resort
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    config: RunConfig | None = None
+    started: float = 0.0
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"worker process died from {name}{hint}"
+    return f"worker process exited with code {exitcode}"
+
+
+def hard_deadline(max_seconds: float | None) -> float | None:
+    """Seconds after which a worker still busy with one run is killed: ``train_run`` checks
+    ``--max-run-seconds`` between steps, so this only catches a run stuck inside one step or
+    in data loading (grace: as long again, at least 30 s)."""
+    if max_seconds is None:
+        return None
+    return max_seconds + max(30.0, max_seconds)
+
+
+#: Modules the fork server imports once, so that each worker starts in a fraction of a second
+#: instead of importing torch again.
+PRELOAD = ["mtl_bench.train", "mtl_bench.sweep"]
+
+
+def _context() -> Any:
+    """Never a plain fork of this process (torch may already run threads here): a fork server
+    that imported torch before any thread started, or spawn where there is none (Windows)."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
+              max_seconds: float | None = None,
+              plugins: Sequence[tuple[str, str]] = ()) -> None:
+    """Run ``configs`` in ``jobs`` worker processes; ``finish`` gets each record in the parent.
+
+    A worker that dies becomes a failed record for the run it held; KeyboardInterrupt (or any
+    error in ``finish``) stops every worker before it propagates.
+    """
+    ctx = _context()
+    queue = deque(configs)
+    workers: list[_Worker] = []
+    deadline = hard_deadline(max_seconds)
+
+    def start() -> _Worker:
+        parent_conn, child_conn = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(child_conn, os.getpid(), list(plugins)),
+                           daemon=True, name="mtl-bench-worker")
+        proc.start()
+        child_conn.close()
+        return _Worker(proc, parent_conn)
+
+    def replace_worker(w: _Worker) -> None:
+        _stop(w, force=True)
+        workers[workers.index(w)] = start()
+
+    try:
+        for _ in range(min(jobs, len(queue))):
+            workers.append(start())
+        while True:
+            for w in workers:
+                if w.config is None and queue:
+                    w.config, w.started = queue.popleft(), time.monotonic()
+                    w.conn.send((w.config, max_seconds))
+            busy = [w for w in workers if w.config is not None]
+            if not busy:
+                break
+            ready = set(wait_ready([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                                   timeout=1.0))
+            for w in busy:
+                config = w.config
+                assert config is not None
+                if w.conn in ready or w.process.sentinel in ready:
+                    try:
+                        kind, payload = w.conn.recv() if w.conn.poll() else (None, None)
+                    except (EOFError, OSError):
+                        kind, payload = None, None
+                    if kind is None:  # the process is gone without an answer
+                        w.process.join(timeout=5)
+                        reason = _death_reason(w.process.exitcode)
+                        replace_worker(w)
+                        finish(config, failed_record(config, reason,
+                                                     time.monotonic() - w.started))
+                        continue
+                    w.config = None
+                    if kind == "user_error":
+                        raise UserError(payload)
+                    if kind == "error":
+                        payload = failed_record(config, payload, time.monotonic() - w.started)
+                    finish(config, payload)
+                elif deadline is not None and time.monotonic() - w.started > deadline:
+                    replace_worker(w)
+                    finish(config, failed_record(
+                        config, f"exceeded --max-run-seconds {max_seconds:g}; worker killed "
+                                f"after {deadline:.0f}s", time.monotonic() - w.started))
+    finally:
+        for w in workers:
+            _stop(w, force=w.config is not None)
+
+
+def _stop(w: _Worker, force: bool) -> None:
+    """End one worker: politely when idle, SIGTERM (then SIGKILL) when it holds a run."""
+    try:
+        if not force and w.process.is_alive():
+            try:
+                w.conn.send(None)
+            except OSError:
+                force = True
+        if force and w.process.is_alive():
+            w.process.terminate()
+        w.process.join(timeout=5)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(timeout=5)
+    finally:
+        w.conn.close()
 
 
 def execute(configs: Sequence[RunConfig], store: RunStore, jobs: int = 1,
             max_seconds: float | None = None, quiet: bool = False,
-            on_record: Callable[[RunConfig, dict[str, Any]], None] | None = None,
-            executor: str = "local", scheduler: str | None = None) -> Progress:
-    """Run every config, writing each record as soon as it arrives."""
-    progress = Progress(len(configs), quiet)
+            on_record: Finish | None = None, executor: str = "local",
+            scheduler: str | None = None, plugins: Sequence[tuple[str, str]] = (),
+            progress: Progress | None = None) -> Progress:
+    """Run every config, writing each record as soon as it arrives.
+
+    ``jobs == 1`` runs in this process; more runs in worker processes (or on Dask with
+    ``executor="dask"``). Records are written here, in the client, one atomic write each.
+    """
+    progress = progress or Progress(len(configs), quiet)
 
     def finish(config: RunConfig, record: dict[str, Any]) -> None:
         store.write(record)
@@ -202,29 +518,120 @@ def execute(configs: Sequence[RunConfig], store: RunStore, jobs: int = 1,
     if executor == "dask":
         from mtl_bench.dask_executor import run_on_dask
 
-        run_on_dask(configs, finish, scheduler, max_seconds, jobs)
-        return progress
-    if jobs <= 1 or len(configs) <= 1:
+        run_on_dask(configs, finish, scheduler, max_seconds, jobs, plugins)
+    elif executor != "local":
+        raise UserError(f"unknown executor '{executor}'; choose from: local, dask")
+    elif jobs <= 1 or len(configs) <= 1:
         for c in configs:
             finish(c, train_run(c, max_seconds=max_seconds))
-        return progress
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")  # no fork after torch has started threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        pending = {pool.submit(_run_in_worker, c, max_seconds): c for c in configs}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    c = pending.pop(fut)
-                    finish(c, fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+    else:
+        run_local(configs, finish, jobs, max_seconds, plugins)
     return progress
 
 
 def default_jobs() -> int:
-    return max(1, os.cpu_count() or 1)
+    """The cores this process may use (its CPU affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# -- learning-rate tuning ----------------------------------------------------------------------
+def selection_score(record: dict[str, Any]) -> float | None:
+    """The validation score a run was selected on, at its selected epoch: the mean over tasks of
+    val loss / val loss at epoch 0 (lower is better). ``train_run`` picks the epoch by the sum of
+    the same ratios, which orders epochs identically. None for a failed run."""
+    if record.get("status") != "ok":
+        return None
+    epoch = record.get("selected_epoch")
+    c = record.get("curves") or {}
+    cols = c.get("columns", [])
+    try:
+        ie, isp, it, im, iv = (cols.index(k) for k in ("epoch", "split", "task", "metric",
+                                                         "value"))
+    except ValueError:
+        return None
+    at: dict[str, float] = {}
+    start: dict[str, float] = {}
+    for row in c.get("rows", []):
+        if row[isp] == "val" and row[im] == "loss":
+            if row[ie] == epoch:
+                at[row[it]] = row[iv]
+            elif row[ie] == 0:
+                start[row[it]] = row[iv]
+    tasks = [t for t in at if t in start]
+    if not tasks:
+        return None
+    score = sum(at[t] / max(start[t], 1e-12) for t in tasks) / len(tasks)
+    return score if math.isfinite(score) else None
+
+
+def _group_key(record: dict[str, Any]) -> str:
+    cfg = {k: v for k, v in (record.get("config") or {}).items() if k not in ("lr", "seed")}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def tune(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Choose a learning rate per group of runs that differ only in lr and seed.
+
+    A group is (task pair, task options, strategy with its hyper-parameters, single task, every
+    other config field). For each lr the score is the mean over seeds of
+    :func:`selection_score`; an lr with any failed seed is not eligible. The chosen lr has the
+    lowest score (ties: the smaller lr).
+    """
+    groups: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for r in records:
+        lr = (r.get("config") or {}).get("lr")
+        if lr is None:
+            continue
+        groups.setdefault(_group_key(r), {}).setdefault(float(lr), []).append(r)
+    out_groups = []
+    chosen_ids: list[str] = []
+    for key in sorted(groups):
+        by_lr = groups[key]
+        first = next(iter(by_lr.values()))[0]
+        cfg = first.get("config", {})
+        candidates = []
+        for lr in sorted(by_lr):
+            runs = sorted(by_lr[lr], key=lambda r: r.get("seed", 0))
+            scores = [selection_score(r) for r in runs]
+            failed = sum(s is None for s in scores)
+            ok_scores = [s for s in scores if s is not None]
+            candidates.append({
+                "lr": lr,
+                "score": (sum(ok_scores) / len(ok_scores)) if ok_scores and not failed else None,
+                "seeds": [r.get("seed") for r in runs],
+                "n_failed": failed,
+                "run_ids": [r["run_id"] for r in runs],
+            })
+        eligible = [c for c in candidates if c["score"] is not None]
+        best = min(eligible, key=lambda c: (c["score"], c["lr"])) if eligible else None
+        out_groups.append({
+            "task_pair": first.get("task_pair"),
+            "strategy": first.get("strategy"),
+            "single_task": cfg.get("single_task"),
+            "task_options": cfg.get("task_options", {}),
+            "candidates": candidates,
+            "chosen_lr": best["lr"] if best else None,
+            "chosen_run_ids": best["run_ids"] if best else [],
+        })
+        if best:
+            chosen_ids.extend(best["run_ids"])
+    return {
+        "schema": TUNING_SCHEMA,
+        "param": "lr",
+        "score": "mean over seeds of (mean over tasks of val loss at the selected epoch / val "
+                 "loss at epoch 0); lower is better; an lr with a failed seed is not eligible",
+        "groups": out_groups,
+        "chosen_run_ids": chosen_ids,
+    }
+
+
+def write_tuning(store: RunStore, tuning: dict[str, Any]) -> Path:
+    path = store.root / TUNING_FILE
+    try:
+        atomic_write_text(path, json.dumps(tuning, indent=1, allow_nan=False))
+    except OSError as exc:
+        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    return path

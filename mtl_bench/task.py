@@ -35,12 +35,31 @@ def sigmoid_block_proba(output: Tensor) -> Tensor:
     return p / p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def sigmoid_proba(output: Tensor) -> Tensor:
+    """Raw per-unit sigmoid scores of a block trained with BCE (rows need not sum to one).
+
+    With one-hot targets, the BCE minimiser of unit k is P(label = k | x), so the score of the
+    arg-max unit is the model's own probability that its prediction is right: the confidence
+    that ECE should test. Renormalising the block would report a number the model never
+    trained to produce.
+    """
+    return torch.sigmoid(output)
+
+
 def mse_loss(output: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(output.squeeze(-1), target)
 
 
 def ce_loss(output: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(output, target)
+
+
+def bce_onehot_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy with logits of a block of C sigmoid units against the one-hot code
+    of integer labels, averaged over the block's units and the samples (``BCEWithLogitsLoss``
+    with its default mean reduction)."""
+    onehot = F.one_hot(target, output.shape[-1]).to(output.dtype)
+    return F.binary_cross_entropy_with_logits(output, onehot)
 
 
 @dataclass(frozen=True)
@@ -224,8 +243,12 @@ class TaskPair(ABC):
             trunk = self.build_trunk(data.n_features[0])
             return MultiTaskNet(trunk, [self.build_head(all_tasks[i], width) for i in indices])
         if architecture == "separate":
-            heads = [nn.Sequential(self.build_trunk(data.train.input_for(i).shape[1]),
-                                   self.build_head(all_tasks[i], width)) for i in indices]
+            # ``data`` is either the full pair or already reduced to ``indices`` (train_run
+            # selects tasks first); the input of the k-th built head is found accordingly.
+            selected = len(data.train.targets) == len(indices) != len(all_tasks)
+            heads = [nn.Sequential(
+                self.build_trunk(data.train.input_for(k if selected else i).shape[1]),
+                self.build_head(all_tasks[i], width)) for k, i in enumerate(indices)]
             return MultiTaskNet(nn.Identity(), heads)
         raise UserError(f"unknown architecture '{architecture}'; choose from: "
                         + ", ".join(ARCHITECTURES))
@@ -294,6 +317,59 @@ def make_splits(x: np.ndarray, ys: Sequence[np.ndarray], kinds: Sequence[str], s
     return TaskData(split(tr), split(va), split(te), tuple(stats), info)
 
 
+def make_separate_splits(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], kinds: Sequence[str],
+                         seed: int, standardise_targets: bool = True,
+                         stratify: Sequence[np.ndarray | None] | None = None,
+                         fractions: tuple[float, float] = (0.6, 0.2), pair: str = "",
+                         task_names: Sequence[str] | None = None) -> TaskData:
+    """One dataset per task (the "two datasets" scenario): ``xs[i]``, ``ys[i]`` belong to task i
+    and may differ in length. Each set is split on its own with ``seed``; the inputs are
+    standardised with the pooled training rows of every set (one trunk sees them all), each
+    regression target with its own set's training rows."""
+    names = list(task_names) if task_names is not None else [f"task {i}" for i in range(len(xs))]
+    if len({x.shape[1] for x in xs}) != 1:
+        raise UserError(f"task pair '{pair}': the per-task inputs differ in width "
+                        f"({[x.shape[1] for x in xs]}); a shared trunk needs one width")
+    parts = []
+    for i, (x, name) in enumerate(zip(xs, names)):
+        if len(x) == 0:
+            raise UserError(f"task pair '{pair}': the dataset of task '{name}' is empty")
+        strat = None if stratify is None else stratify[i]
+        idx = split_indices(len(x), seed, fractions, strat)
+        for split_name, part in zip(("train", "val", "test"), idx):
+            if len(part) == 0:
+                raise UserError(f"task pair '{pair}': the {split_name} split of task '{name}' is "
+                                f"empty ({len(x)} rows)")
+        parts.append(idx)
+    mean, std = standardiser(np.concatenate([x[p[0]] for x, p in zip(xs, parts)]))
+    inputs, targets, stats = [], [], []
+    for x, y, kind, (tr, _, _) in zip(xs, ys, kinds, parts):
+        inputs.append(torch.tensor(((x - mean) / std).astype(np.float32)))
+        if kind == REGRESSION:
+            y = y.astype(np.float64)
+            m, s = (float(y[tr].mean()), float(y[tr].std() or 1.0)) if standardise_targets \
+                else (0.0, 1.0)
+            targets.append(torch.tensor((y - m) / s, dtype=torch.float32))
+            stats.append((m, s))
+        else:
+            targets.append(torch.tensor(y, dtype=torch.long))
+            stats.append(None)
+
+    def split(k: int) -> Split:
+        idx = [torch.as_tensor(p[k]) for p in parts]
+        return Split(tuple(x[i] for x, i in zip(inputs, idx)),
+                     tuple(y[i] for y, i in zip(targets, idx)))
+
+    info: dict[str, Any] = {
+        "n_train": int(sum(len(p[0]) for p in parts)), "n_val": int(sum(len(p[1]) for p in parts)),
+        "n_test": int(sum(len(p[2]) for p in parts)),
+        "per_task_sizes": {name: [len(p[0]), len(p[1]), len(p[2])]
+                           for name, p in zip(names, parts)},
+        "split_sha": _indices_hash(*[q for p in parts for q in p]),
+    }
+    return TaskData(split(0), split(1), split(2), tuple(stats), info)
+
+
 def _indices_hash(*parts: np.ndarray) -> str:
     import hashlib
 
@@ -311,37 +387,71 @@ def check_labels(pair: str, task: str, y: np.ndarray, n_classes: int) -> None:
 
 
 # -- batching ----------------------------------------------------------------------------------
+#: Temperature t of the ``temperature`` sampling policy (t = 1 is proportional, t -> inf equal).
+DEFAULT_TEMPERATURE = 2.0
+
+
 def steps_per_epoch(split: Split, batch_size: int) -> int:
-    """Shared inputs: ceil(N / b). Separate datasets: ceil(largest N / b) (each step draws
-    about b samples from the largest set, so one epoch passes over it about once)."""
-    n = max(split.sizes()) if not split.shared_inputs else len(split.inputs[0])
+    """Optimiser steps in one epoch: S = ceil(N_max / b).
+
+    Shared inputs: N_max is the number of training rows, so an epoch is one pass over them.
+    Separate datasets: N_max is the largest task's training set; an epoch is one pass over
+    that set, and :func:`epoch_quotas` says how much of each other set it contains.
+    """
+    n = len(split.inputs[0]) if split.shared_inputs else max(split.sizes())
     return max(1, -(-n // batch_size))
 
 
-def task_batch_sizes(sizes: Sequence[int], batch_size: int, policy: str,
-                     temperature: float = 2.0) -> list[int]:
-    """Per-task samples per step for separate datasets.
+def epoch_quotas(sizes: Sequence[int], batch_size: int, policy: str,
+                 temperature: float = DEFAULT_TEMPERATURE) -> list[int]:
+    """Samples task i draws in one epoch of S = ceil(N_max / b) steps (separate datasets).
 
-    proportional: b_i = b * N_i / max N; equal: b_i = b; temperature: b_i = b * (N_i / max N)^(1/t).
-    Every task gets at least one sample per step.
+    Q_i = N_max * (N_i / N_max)^(1/t) with t = 1 for ``proportional`` (Q_i = N_i: every set is
+    passed exactly once per epoch), t = ``temperature`` for ``temperature`` and t -> inf for
+    ``equal`` (Q_i = N_max: a set ten times smaller is passed ten times). The largest set is
+    passed once under every policy. Q_i is clipped to [S, S * N_i]: at least one sample of
+    every task per step (a task with an empty batch has no loss) and never more samples per
+    step than the set holds.
     """
     if policy not in SAMPLING_POLICIES:
         raise UserError(f"unknown sampling policy '{policy}'; choose from: "
                         + ", ".join(SAMPLING_POLICIES))
+    if not temperature > 0:
+        raise UserError(f"sampling temperature must be positive, got {temperature!r}")
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"every task needs at least one training sample, got sizes {list(sizes)}")
     n_max = max(sizes)
-    if policy == "equal":
-        return [min(n, batch_size) for n in sizes]
-    power = 1.0 if policy == "proportional" else 1.0 / temperature
-    return [min(n, max(1, int(round(batch_size * (n / n_max) ** power)))) for n in sizes]
+    steps = max(1, -(-n_max // batch_size))
+    power = {"proportional": 1.0, "temperature": 1.0 / temperature, "equal": 0.0}[policy]
+    quotas = [int(round(n_max * (n / n_max) ** power)) for n in sizes]
+    return [min(max(q, steps), steps * n) for q, n in zip(quotas, sizes)]
+
+
+def spread(total: int, steps: int) -> list[int]:
+    """``total`` samples over ``steps`` steps as evenly as possible (sizes differ by <= 1)."""
+    base, extra = divmod(total, steps)
+    return [base + (k < extra) for k in range(steps)]
+
+
+def task_batch_sizes(sizes: Sequence[int], batch_size: int, policy: str,
+                     temperature: float = DEFAULT_TEMPERATURE) -> list[int]:
+    """Largest per-step batch of each task under a policy (steps differ by at most one sample):
+    about b * (N_i / N_max)^(1/t), so b for the largest set under every policy."""
+    quotas = epoch_quotas(sizes, batch_size, policy, temperature)
+    steps = max(1, -(-max(sizes) // batch_size))
+    return [-(-q // steps) for q in quotas]
 
 
 def iterate_batches(split: Split, batch_size: int, generator: torch.Generator,
-                    policy: str = "proportional", temperature: float = 2.0
+                    policy: str = "proportional", temperature: float = DEFAULT_TEMPERATURE
                     ) -> Iterator[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]:
-    """Shuffled index-slice batches held in memory.
+    """One epoch of shuffled index-slice batches held in memory.
 
-    Shared inputs: one permutation per epoch, consecutive slices. Separate datasets: each task
-    walks its own permutation (re-shuffled when exhausted) with its own per-step batch size.
+    Shared inputs: one permutation per epoch, consecutive slices of ``batch_size`` (the last
+    one smaller). Separate datasets: S = :func:`steps_per_epoch` steps; task i draws its
+    :func:`epoch_quotas` Q_i samples spread evenly over the steps, walking its own shuffled
+    permutations: a fresh one at the start of the epoch and whenever one runs out (its tail is
+    used first, so no sample is skipped). ``policy`` and ``temperature`` matter only here.
     """
     device = split.targets[0].device
     if split.shared_inputs:
@@ -352,17 +462,164 @@ def iterate_batches(split: Split, batch_size: int, generator: torch.Generator,
             yield (split.inputs[0][idx],), tuple(y[idx] for y in split.targets)
         return
     sizes = split.sizes()
-    per_task = task_batch_sizes(sizes, batch_size, policy, temperature)
+    steps = steps_per_epoch(split, batch_size)
+    plans = [spread(q, steps) for q in epoch_quotas(sizes, batch_size, policy, temperature)]
     perms = [torch.randperm(n, generator=generator) for n in sizes]
     cursors = [0] * len(sizes)
-    for _ in range(steps_per_epoch(split, batch_size)):
+    for step in range(steps):
         xs, ys = [], []
-        for i, (n, b) in enumerate(zip(sizes, per_task)):
-            if cursors[i] + b > n:
+        for i, n in enumerate(sizes):
+            want = plans[i][step]
+            take = perms[i][cursors[i]:cursors[i] + want]
+            cursors[i] += len(take)
+            if len(take) < want:  # this pass is used up: continue with a fresh permutation
                 perms[i] = torch.randperm(n, generator=generator)
-                cursors[i] = 0
-            idx = perms[i][cursors[i]:cursors[i] + b].to(device)
-            cursors[i] += b
+                cursors[i] = want - len(take)
+                take = torch.cat([take, perms[i][:cursors[i]]])
+            idx = take.to(device)
             xs.append(split.inputs[i][idx])
             ys.append(split.targets[i][idx])
         yield tuple(xs), tuple(ys)
+
+
+# -- task pairs read from a pandas DataFrame ---------------------------------------------------
+def _as_columns(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def frame_arrays(frame: Any, inputs: Sequence[str], classification: Sequence[str] = (),
+                 regression: Sequence[str] = (), pair: str = ""
+                 ) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any]]:
+    """Columns of a pandas DataFrame -> (inputs, targets, info) ready for :func:`make_splits`.
+
+    Numeric input columns are used as they are; other input columns (strings, categories,
+    booleans) are one-hot encoded. A classification column's values are coded 0..C-1 in sorted
+    order (``info["classes"][column]``); a regression column must be numeric. Missing values:
+    a row with a missing value in any column used is dropped, and ``info`` records how many.
+    Targets come back classification columns first, then regression columns.
+    """
+    import pandas as pd
+
+    used = [*inputs, *classification, *regression]
+    missing = [c for c in used if c not in frame.columns]
+    if missing:
+        raise UserError(f"task pair '{pair}': column(s) {', '.join(map(repr, missing))} not in "
+                        f"the data frame; its columns are: {', '.join(map(str, frame.columns))}")
+    clean = frame[used].dropna()
+    if len(clean) == 0:
+        raise UserError(f"task pair '{pair}': no row is left after dropping rows with missing "
+                        f"values ({len(frame)} rows before)")
+    pieces = []
+    for col in inputs:
+        series = clean[col]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            pieces.append(series.astype(float).to_frame())
+        else:
+            pieces.append(pd.get_dummies(series.astype(str), prefix=col, dtype=float))
+    x = pd.concat(pieces, axis=1)
+    targets: list[np.ndarray] = []
+    classes: dict[str, list[str]] = {}
+    for col in classification:
+        codes = clean[col].astype("category")
+        classes[col] = [str(c) for c in codes.cat.categories]
+        targets.append(codes.cat.codes.to_numpy(dtype=np.int64))
+    for col in regression:
+        if not pd.api.types.is_numeric_dtype(clean[col]):
+            raise UserError(f"task pair '{pair}': regression column '{col}' is not numeric "
+                            f"(dtype {clean[col].dtype})")
+        targets.append(clean[col].to_numpy(dtype=np.float64))
+    info = {"rows_total": int(len(frame)), "rows_dropped_missing": int(len(frame) - len(clean)),
+            "features": [str(c) for c in x.columns], "classes": classes}
+    return x.to_numpy(dtype=np.float64), targets, info
+
+
+class FrameTaskPair(TaskPair):
+    """Tasks read from columns of a pandas DataFrame: one classification task per column of
+    ``classification_columns`` and one regression task per column of ``regression_columns``,
+    all predicted from ``input_columns`` (see :func:`frame_arrays` for encoding and the
+    missing-value rule). Splits are stratified on the first classification column; inputs and
+    regression targets are standardised with training statistics; metrics are reported in the
+    target's own units. Subclasses implement :meth:`load_frame` (or use
+    :func:`frame_task_pair`).
+    """
+
+    input_columns: ClassVar[tuple[str, ...]] = ()
+    classification_columns: ClassVar[tuple[str, ...]] = ()
+    regression_columns: ClassVar[tuple[str, ...]] = ()
+    classification_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "ece")
+    regression_metrics: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")
+
+    def load_frame(self) -> Any:
+        """The whole table as a pandas DataFrame (must not need the network)."""
+        raise NotImplementedError
+
+    def _arrays(self) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any]]:
+        cached = getattr(self, "_frame_cache", None)
+        if cached is None:
+            try:
+                frame = self.load_frame()
+            except UserError:
+                raise
+            except Exception as exc:
+                raise UserError(f"task pair '{self.name}': loading its data frame failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+            cached = frame_arrays(frame, self.input_columns, self.classification_columns,
+                                  self.regression_columns, pair=self.name)
+            self._frame_cache = cached
+        return cached
+
+    def tasks(self) -> tuple[Task, ...]:
+        _, _, info = self._arrays()
+        cls = [Task(c, CLASSIFICATION, max(2, len(info["classes"][c])),
+                    self.classification_metrics) for c in self.classification_columns]
+        reg = [Task(c, REGRESSION, 1, self.regression_metrics) for c in self.regression_columns]
+        return (*cls, *reg)
+
+    def load(self, seed: int) -> TaskData:
+        x, ys, info = self._arrays()
+        tasks = self.tasks()
+        for task, y in zip(tasks, ys):
+            if task.kind == CLASSIFICATION:
+                check_labels(self.name, task.name, y, task.n_outputs)
+        stratify = ys[0] if self.classification_columns else None
+        data = make_splits(x, ys, [t.kind for t in tasks], seed, stratify=stratify,
+                           pair=self.name)
+        data.info.update(info)
+        return data
+
+
+def frame_task_pair(name: str, frame_fn: Callable[[], Any], inputs: Sequence[str],
+                    classification: str | Sequence[str] | None = None,
+                    regression: str | Sequence[str] | None = None, *, description: str = "",
+                    epochs: int | None = None, batch_size: int | None = None,
+                    lr: float | None = None, hidden: Sequence[int] | None = None,
+                    register: bool = True) -> type[FrameTaskPair]:
+    """Make (and by default register under ``name``) a :class:`FrameTaskPair` whose data is
+    ``frame_fn()``, a pandas DataFrame; training defaults not given keep the base's values."""
+    from mtl_bench.registry import register_task
+
+    cls_cols, reg_cols = _as_columns(classification), _as_columns(regression)
+    if not inputs or not (cls_cols or reg_cols):
+        raise UserError(f"task pair '{name}': needs input columns and at least one "
+                        "classification or regression column")
+    attrs: dict[str, Any] = {
+        "__doc__": description or f"Tasks read from a data frame ({name}).",
+        "description": description or f"{', '.join(cls_cols + reg_cols)} from a data frame",
+        "input_columns": tuple(inputs), "classification_columns": cls_cols,
+        "regression_columns": reg_cols,
+        "load_frame": lambda self: frame_fn(),
+        # the run record hashes the defining module's source: make that the plug-in's file
+        "__module__": getattr(frame_fn, "__module__", __name__),
+    }
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            attrs[key] = value
+    if hidden is not None:
+        attrs["hidden"] = tuple(hidden)
+    cls = type(f"FramePair_{name.replace('-', '_')}", (FrameTaskPair,), attrs)
+    if register:
+        return register_task(name)(cls)
+    cls.name = name
+    return cls

@@ -28,6 +28,7 @@ class DWA(Strategy):
     """
 
     paper = "Liu, Johns & Davison, CVPR 2019"
+    permutation_invariant = True
 
     def __init__(self, temperature: float = 2.0):
         super().__init__()

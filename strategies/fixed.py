@@ -28,7 +28,7 @@ class Fixed(Strategy):
     With no weights given every task gets weight 1 (equal weighting, the baseline every other
     strategy is compared against). Fixed weights swept over the simplex trace the scalarisation
     front of Xin et al., "Do Current Multi-Task Optimization Methods in Deep Learning Even Help?"
-    (NeurIPS 2022).
+    (NeurIPS 2022). https://mlanthology.org/neurips/2022/xin2022neurips-current/
 
     Sweep mode: ``--set fixed.sweep=K`` expands into one run per point of a grid on the simplex
     with spacing 1/(K+1) and every weight positive (K=9 with two tasks: fractions 0.1 .. 0.9),
@@ -40,6 +40,8 @@ class Fixed(Strategy):
     """
 
     paper = "linear scalarisation; Xin et al., NeurIPS 2022"
+    #: Equal weights treat tasks alike; explicit weights are permuted along with the tasks.
+    permutation_invariant = True
 
     def __init__(self, weights: Sequence[float] | None = None):
         super().__init__()

@@ -59,6 +59,7 @@ class GradNorm(Strategy):
 
     family = "gradient-norm balancing"
     paper = "Chen et al., ICML 2018"
+    permutation_invariant = True
 
     def __init__(self, alpha: float = 1.5, layer: str = "last", initial: str = "first_step",
                  lr: float | None = None):

@@ -43,6 +43,7 @@ class Uncertainty(Strategy):
     """
 
     paper = "Kendall, Gal & Cipolla, CVPR 2018"
+    permutation_invariant = True
 
     def __init__(self, init: float = 0.0, lr: float | None = None):
         super().__init__()

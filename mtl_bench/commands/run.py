@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from mtl_bench import registry
 from mtl_bench.errors import UserError
 
 HELP = "train task pairs under strategies and store run records"
+
+#: Run settings with their built-in defaults; each comes from the command line, else the
+#: --config file, else the --profile, else this table (None: the task pair's own default).
+DEFAULTS: dict[str, Any] = {
+    "tasks": ["clsreg"], "strategies": None, "seeds": "1", "epochs": None, "batch_size": None,
+    "lr": None, "weight_decay": 0.0, "architecture": "shared", "sampling": "proportional",
+    "single_task": False, "diag_every": 0, "tune": None,
+}
+TUNABLE = ("lr",)
 
 
 def _csv(text: str) -> list[str]:
@@ -32,19 +42,28 @@ _weights.__name__ = "weights"  # argparse names the type in its message
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", type=_csv, default=None,
+    p.add_argument("--task", dest="tasks", type=_csv, default=None,
                    help="task pair(s), comma-separated (default: clsreg)")
-    p.add_argument("--strategy", type=_csv, default=None,
+    p.add_argument("--strategy", dest="strategies", type=_csv, default=None,
                    help="strategy(ies), comma-separated (default: every registered strategy)")
     p.add_argument("--seeds", default=None,
                    help="number of seeds (3) or a list (0,5,7); default 1")
     p.add_argument("--profile", default=None,
                    help="preset of tasks/strategies/seeds/epochs: quick or default "
                         "(explicit options override it)")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="sweep settings from a TOML file (schema in docs/sweeps.md); options "
+                        "on the command line override it")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the pair's)")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="model learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr", default=None, metavar="LR[,LR...]",
+                   help="model learning rate; several values form a grid")
+    p.add_argument("--tune", default=None, choices=TUNABLE,
+                   help="tune the learning rate on validation: run every strategy over an lr "
+                        "grid (--lr, or 1/3, 1 and 3 times the default), pick per task pair "
+                        "and strategy the lr with the best mean validation score over seeds, "
+                        "write tuning.json beside the records")
+    p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--weights", type=_weights, default=None,
                    help="weights for the fixed strategy, e.g. 1,0.5 (same as --set "
                         "fixed.weights=1/0.5)")
@@ -52,17 +71,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="NAME.PARAM=V[,V...]",
                    help="strategy hyper-parameter or task-pair option; several values form a "
                         "grid; list values use '/' (fixed.weights=1/0.5)")
-    p.add_argument("--architecture", default="shared", help="shared (hard sharing) or separate")
-    p.add_argument("--sampling", default="proportional",
+    p.add_argument("--architecture", default=None, help="shared (hard sharing) or separate")
+    p.add_argument("--sampling", default=None,
                    help="batch sampling for pairs with one dataset per task: proportional, "
                         "equal or temperature")
-    p.add_argument("--single-task", action="store_true",
+    p.add_argument("--single-task", action="store_true", default=None,
                    help="also train each task alone (baselines for Delta_m)")
-    p.add_argument("--diag-every", type=int, default=0,
+    p.add_argument("--diag-every", type=int, default=None,
                    help="gradient diagnostics every k steps (0: once per epoch)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs in parallel: worker processes, or Dask workers of a local "
+                        "cluster (default: the number of cores; 1 on cuda)")
+    p.add_argument("--executor", default=None, choices=("local", "dask"),
+                   help="local processes (default) or a Dask cluster (needs mtl-bench[dask])")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (implies --executor "
+                        "dask; without it a LocalCluster is started)")
     p.add_argument("--max-run-seconds", type=float, default=None,
                    help="record a run as failed when it takes longer than this")
     p.add_argument("--runs-dir", default="runs", help="where run records go (default: runs/)")
@@ -71,44 +97,97 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Command line over --config over --profile over DEFAULTS."""
+    from mtl_bench.config_file import load_config
+    from mtl_bench.profiles import get_profile
+    from mtl_bench.sweep import parse_lrs
+
+    profile = get_profile(args.profile) if args.profile else {}
+    config = load_config(args.config) if args.config else {}
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
+    if "lr" in given:
+        given["lr"] = parse_lrs(given["lr"])
+    out = dict(DEFAULTS)
+    for layer in (profile, config, given):
+        out.update({k: v for k, v in layer.items() if k in DEFAULTS and v is not None})
+    out["assignments"] = config.get("set", {})
+    return out
+
+
+def _merge_assignments(*layers: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list]]:
+    out: dict[str, dict[str, list[Any]]] = {}
+    for layer in layers:
+        for name, params in layer.items():
+            out.setdefault(name, {}).update(params)
+    return out
+
+
+def _display(records: list[dict[str, Any]], with_lr: bool) -> list[dict[str, Any]]:
+    """Copies whose strategy label names the lr, so an lr grid shows one row per lr."""
+    if not with_lr:
+        return records
+    return [{**r, "strategy": f"{r['strategy']} lr={r['config']['lr']:g}"} for r in records]
+
+
 def run(args: argparse.Namespace) -> int:
     from mtl_bench.aggregate import terminal_table
-    from mtl_bench.profiles import get_profile
     from mtl_bench.store import RunStore
     from mtl_bench.sweep import (
+        TUNE_LR_FACTORS,
+        Progress,
         SweepSpec,
+        check_writable,
+        default_jobs,
         execute,
         expand,
         needs_run,
         parse_assignments,
         parse_seeds,
         plan,
+        plugin_sources,
+        tune,
         validate_all,
+        write_tuning,
     )
     from mtl_bench.train import RunConfig
 
-    profile = get_profile(args.profile) if args.profile else {}
-    tasks = args.task or profile.get("tasks") or ["clsreg"]
-    strategies = args.strategy or profile.get("strategies") or registry.strategies.names()
-    seeds = args.seeds or profile.get("seeds") or "1"
-    epochs = args.epochs if args.epochs is not None else profile.get("epochs")
+    s = _settings(args)
+    tasks = s["tasks"]
+    strategies = s["strategies"] or registry.strategies.names()
     for t in tasks:
         registry.tasks.get(t)
-    for s in strategies:
-        registry.strategies.get(s)
-    assignments = parse_assignments(args.assignments)
+    for name in strategies:
+        registry.strategies.get(name)
+    assignments = _merge_assignments(s["assignments"], parse_assignments(args.assignments))
     if args.weights is not None:
         assignments.setdefault("fixed", {})["weights"] = [args.weights]
-    if args.jobs < 1:
+    if s["tune"] is not None and s["tune"] not in TUNABLE:
+        raise UserError(f"--tune: cannot tune '{s['tune']}'; choose from: {', '.join(TUNABLE)}")
+    if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be a positive integer, got {args.jobs}")
-    base = RunConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-                     weight_decay=args.weight_decay, architecture=args.architecture,
-                     sampling=args.sampling, device=args.device, threads=args.threads,
-                     diag_every=args.diag_every)
-    spec = SweepSpec(tasks, strategies, parse_seeds(seeds), assignments, base,
-                     single_task=args.single_task)
+    if args.max_run_seconds is not None and not args.max_run_seconds > 0:
+        raise UserError(f"--max-run-seconds must be positive, got {args.max_run_seconds:g}")
+    executor = args.executor or ("dask" if args.scheduler else "local")
+    if args.scheduler and executor != "dask":
+        raise UserError("--scheduler needs --executor dask")
+    jobs = args.jobs or (1 if args.device.startswith("cuda") else default_jobs())
+
+    lrs: list[float] | None = s["lr"]
+    lr_factors = None
+    if s["tune"] == "lr" and (lrs is None or len(lrs) == 1):
+        lr_factors = TUNE_LR_FACTORS  # around the one lr given, else the pair's default
+    base = RunConfig(epochs=s["epochs"], batch_size=s["batch_size"],
+                     lr=lrs[0] if lrs and len(lrs) == 1 else None,
+                     weight_decay=float(s["weight_decay"]), architecture=s["architecture"],
+                     sampling=s["sampling"], device=args.device, threads=args.threads,
+                     diag_every=s["diag_every"])
+    spec = SweepSpec(tasks, strategies, parse_seeds(s["seeds"]), assignments, base,
+                     single_task=bool(s["single_task"]),
+                     lrs=lrs if lrs and len(lrs) > 1 else None, lr_factors=lr_factors)
     configs = expand(spec)
     validate_all(configs)
+    with_lr = len({c.resolved().lr for c in configs}) > 1
     store = RunStore(args.runs_dir)
     planned = plan(configs, store)
     todo = [c for c, st in planned if needs_run(st, args.retry_failed)]
@@ -118,23 +197,54 @@ def run(args: argparse.Namespace) -> int:
             state = "done" if st == "ok" else (st or "to run")
             if st == "failed" and args.retry_failed:
                 state = "failed, will rerun"
-            print(f"{c.run_id}  {c.task:<22} {c.strategy_label:<28} seed {c.seed:<3} {state}")
+            lr = f" lr {c.resolved().lr:<8g}" if with_lr else ""
+            print(f"{c.run_id}  {c.task:<22} {c.strategy_label:<28}{lr} seed {c.seed:<3} {state}")
         print(f"{len(todo)} to run, {len(planned) - len(todo)} already done "
               f"(records in {store.root}/)")
         return 0
 
-    corrupt = [c for c, st in planned if st == "corrupt"]
-    for c in corrupt:
-        print(f"note: record {store.path_for(c.task, c.run_id)} is corrupt; rerunning it",
-              file=sys.stderr)
+    check_writable(store)
+    for c, st in planned:
+        if st == "corrupt":
+            print(f"note: record {store.path_for(c.task, c.run_id)} is corrupt; rerunning it",
+                  file=sys.stderr)
     if not args.quiet:
-        print(f"{len(todo)} run(s) to do, {len(planned) - len(todo)} already done",
-              file=sys.stderr)
-    progress = execute(todo, store, jobs=args.jobs, max_seconds=args.max_run_seconds,
-                       quiet=args.quiet)
-    records = [store.read(store.path_for(c.task, c.run_id)) for c in configs]
-    print(terminal_table(records))
-    print(f"\n{len(records)} run records in {store.root}/ ({progress.failed} failed this time)")
+        where = (f"Dask scheduler {args.scheduler}" if args.scheduler else
+                 f"a local Dask cluster of {jobs} worker(s)" if executor == "dask" else
+                 f"{min(jobs, max(len(todo), 1))} process(es)")
+        print(f"{len(todo)} run(s) to do, {len(planned) - len(todo)} already done"
+              + (f"; running on {where}" if todo else ""), file=sys.stderr)
+    progress = Progress(len(todo), args.quiet, with_lr=with_lr)
+    execute(todo, store, jobs=jobs, max_seconds=args.max_run_seconds, executor=executor,
+            scheduler=args.scheduler, plugins=plugin_sources(getattr(args, "plugin", [])),
+            progress=progress)
+
+    records = []
+    for c in configs:
+        try:
+            records.append(store.read(store.path_for(c.task, c.run_id)))
+        except ValueError as exc:
+            print(f"note: record of {c.task} {c.strategy_label} seed {c.seed} not readable: "
+                  f"{exc}", file=sys.stderr)
+    shown = records
+    if s["tune"] is not None:
+        tuning = tune(records)
+        path = write_tuning(store, tuning)
+        chosen = set(tuning["chosen_run_ids"])
+        shown = [r for r in records if r["run_id"] in chosen]
+        print(f"learning rate chosen on validation (mean over {len(spec.seeds)} seed(s)); "
+              f"details in {path}")
+        for g in tuning["groups"]:
+            grid_text = ", ".join(
+                f"{c['lr']:g}: " + ("failed" if c["score"] is None else f"{c['score']:.4f}")
+                for c in g["candidates"])
+            name = g["strategy"] + (f"[{g['single_task']}]" if g["single_task"] else "")
+            chosen_lr = "none (every lr failed)" if g["chosen_lr"] is None else \
+                f"{g['chosen_lr']:g}"
+            print(f"  {g['task_pair']:<22} {name:<28} lr {chosen_lr}   (score {grid_text})")
+        with_lr = False
+    print(terminal_table(_display(shown, with_lr)))
+    n_failed = sum(r.get("status") != "ok" for r in records)
+    print(f"\n{len(records)} run records in {store.root}/: {len(records) - n_failed} ok, "
+          f"{n_failed} failed ({progress.failed} of {len(todo)} run(s) failed in this sweep)")
     return 0
-
-

@@ -1,0 +1,758 @@
+"""Regression check: a new set of runs against a committed baseline -> marks per metric.
+
+The rule follows asv: a metric is *worse* only when its change exceeds a factor (default 10%)
+AND the change is significant across seeds. Significance is a two-sided Mann-Whitney U test;
+when there are too few seeds for that test to ever reach ``p < alpha`` (3 against 3 gives at
+best p = 0.1), it falls back to non-overlapping 95% confidence intervals of the mean.
+
+Throughput is compared as each strategy's samples/s divided by the median samples/s of the
+reference strategy (fixed weights) of the same task pair and settings in the same run set, so a
+baseline survives a change of machine. Absolute samples/s are shown too, but gate only when
+baseline and new runs share a machine fingerprint, device and thread count.
+
+A baseline is a compact, versioned JSON file ``<baselines>/<NAME>/baseline.json``: per run its
+keys, config, config hash, code hashes, machine fingerprint, status, the test metrics at the
+selected epoch and the throughput; no curves. An optional ``check.toml`` next to it holds
+per-metric factors (see :func:`load_factors_file`).
+
+Runs are matched by (task pair + settings, strategy label, seed). A matched pair whose config
+(device and threads aside), record schema or strategy code hash differs is *not comparable*.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import math
+import re
+import statistics
+import time
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtl_bench.aggregate import REFERENCE_STRATEGY
+from mtl_bench.errors import UserError
+from mtl_bench.store import METRIC, STRATEGY, TASK_PAIR, RunStore, atomic_write_text
+
+BASELINE_FORMAT = "mtl-bench-baseline"
+#: Version of the baseline file layout; a file of another version is refused (exit 2).
+BASELINE_VERSION = 1
+BASELINE_FILE = "baseline.json"
+FACTORS_FILE = "check.toml"
+DEFAULT_BASELINES_DIR = Path("results") / "baselines"
+DEFAULT_FACTOR = 0.10
+DEFAULT_ALPHA = 0.05
+
+WORSE, BETTER, NOT_SIGNIFICANT, NOT_COMPARABLE, NEWLY_FAILING, NEWLY_FIXED = (
+    "+", "-", "~", "x", "!", "*")
+#: Marks that make ``check`` exit 1.
+FAILING_MARKS = (WORSE, NEWLY_FAILING)
+
+QUALITY, SPEED, STATUS = "quality", "speed", "status"
+SPEED_RATIO = f"speed_vs_{REFERENCE_STRATEGY}"
+SAMPLES_PER_S = "samples_per_s"
+RUNS_OK = "runs_ok"
+
+#: Config keys that describe where a run ran, not what it computed.
+PLACEMENT_KEYS = ("device", "threads")
+#: RunConfig fields that are part of a run's *settings* (its key) rather than its config; the
+#: values listed here are RunConfig's defaults and are left out of the label.
+SETTING_DEFAULTS = {"architecture": "shared", "sampling": "proportional"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# -- compact runs --------------------------------------------------------------------------------
+def pair_label(config: dict[str, Any]) -> str:
+    """``clsreg`` or ``clsreg[architecture=separate,dataset=synthetic]``: pair + its settings."""
+    parts = {**(config.get("task_options") or {})}
+    for key, default in SETTING_DEFAULTS.items():
+        value = config.get(key, default)
+        if value != default:
+            parts[key] = value
+    if not parts:
+        return str(config.get("task"))
+    inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(parts.items()))
+    return f"{config.get('task')}[{inner}]"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "/".join(_short(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def compact_run(record: dict[str, Any]) -> dict[str, Any]:
+    """What a baseline keeps of one run record (and what ``check`` compares)."""
+    config = dict(record.get("config") or {})
+    config.setdefault("task", record.get("task_pair"))
+    strategy = str(record.get("strategy"))
+    if config.get("single_task"):
+        strategy = f"single-task:{config['single_task']}"
+    directions = {str(k): bool(v) for k, v in (record.get("metric_directions") or {}).items()}
+    test: dict[str, float | None] = {}
+    if record.get("status") == "ok":
+        for row in record.get("summary") or []:
+            _, split, task, metric, value = row
+            if split == "test" and metric in directions:
+                test[f"{task}.{metric}"] = _finite_or_none(value)
+    tp = record.get("throughput") or {}
+    prov = record.get("provenance") or {}
+    out = {
+        "run_id": record.get("run_id"),
+        "task_pair": record.get("task_pair"),
+        "pair": pair_label(config),
+        "strategy": strategy,
+        "seed": record.get("seed"),
+        "schema": record.get("schema"),
+        "config": config,
+        "code": dict(record.get("code") or {}),
+        "machine": prov.get("machine", "unknown"),
+        "created": prov.get("created", ""),
+        "status": record.get("status"),
+        "directions": directions,
+        "test": test,
+        "throughput": {k: _finite_or_none(tp.get(k)) for k in ("samples_per_s", "step_ms")},
+    }
+    if record.get("status") != "ok":
+        out["reason"] = str(record.get("reason", ""))[:300]
+    return out
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _run_key(run: dict[str, Any]) -> tuple[str, str, int]:
+    return run["pair"], run["strategy"], run["seed"]
+
+
+# -- baseline files ------------------------------------------------------------------------------
+def check_name(name: str) -> None:
+    if not _NAME_RE.match(name or ""):
+        raise UserError(f"baseline name '{name}' should be letters, digits, '.', '_' or '-' "
+                        "(starting with a letter or digit)")
+
+
+def baseline_path(root: str | Path, name: str) -> Path:
+    check_name(name)
+    return Path(root) / name / BASELINE_FILE
+
+
+def build_baseline(records: Sequence[dict[str, Any]], name: str, note: str = "",
+                   source: str = "") -> dict[str, Any]:
+    """Compact the run records of one run set into a baseline document."""
+    runs = [compact_run(r) for r in records]
+    seen: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for run in runs:
+        key = _run_key(run)
+        if key in seen:
+            diff = _config_diff(seen[key]["config"], run["config"]) or ["device/threads"]
+            raise UserError(
+                f"the run set holds two runs of {key[0]} / {key[1]} / seed {key[2]} "
+                f"(they differ in {', '.join(diff)}); save a baseline from a runs folder that "
+                "holds one profile's runs (run with a fresh --runs-dir)")
+        seen[key] = run
+    runs.sort(key=lambda r: (r["pair"], r["strategy"], r["seed"]))
+    commits = sorted({str((r.get("provenance") or {}).get("git_commit", "unknown"))
+                      for r in records})
+    return {
+        "format": BASELINE_FORMAT,
+        "version": BASELINE_VERSION,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": note,
+        "source": source,
+        "git_commits": commits,
+        "n_runs": len(runs),
+        "runs": runs,
+    }
+
+
+def dump_baseline(doc: dict[str, Any]) -> str:
+    """JSON with one run per line, so that a regenerated baseline gives a readable diff."""
+    head = {k: v for k, v in doc.items() if k != "runs"}
+    lines = ["{"]
+    lines += [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}," for k, v in head.items()]
+    runs = [f"    {json.dumps(r, sort_keys=True, separators=(',', ':'))}" for r in doc["runs"]]
+    lines.append('  "runs": [')
+    lines.append(",\n".join(runs))
+    lines.append("  ]")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def save_baseline(root: str | Path, name: str, doc: dict[str, Any], force: bool = False) -> Path:
+    path = baseline_path(root, name)
+    if path.exists() and not force:
+        raise UserError(f"baseline '{name}' already exists ({path}); pass --force to replace it")
+    try:
+        atomic_write_text(path, dump_baseline(doc))
+    except OSError as exc:
+        raise UserError(f"cannot write baseline to '{path.parent}': {exc.strerror or exc}") \
+            from exc
+    return path
+
+
+_RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "pair": str, "strategy": str, "seed": int, "schema": int, "config": dict, "code": dict,
+    "machine": str, "status": str, "directions": dict, "test": dict, "throughput": dict,
+}
+
+
+def load_baseline(root: str | Path, name: str) -> dict[str, Any]:
+    """Read and validate a baseline; every problem is a one-line UserError."""
+    path = baseline_path(root, name)
+    redo = f"re-create it with `mtl-bench baseline save {name} --force`"
+    if not path.is_file():
+        known = [b["name"] for b in list_baselines(root) if "error" not in b]
+        hint = f"; saved baselines: {', '.join(known)}" if known else \
+            f"; create it with `mtl-bench baseline save {name} --runs-dir DIR`"
+        raise UserError(f"baseline '{name}' not found (no {path}){hint}")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"baseline '{name}' ({path}) is corrupt or truncated "
+                        f"({type(exc).__name__}: {exc}); {redo}") from None
+    if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
+        raise UserError(f"'{path}' is not an mtl-bench baseline file; {redo}")
+    if doc.get("version") != BASELINE_VERSION:
+        raise UserError(f"baseline '{name}' has format version {doc.get('version')!r}, this "
+                        f"mtl-bench reads version {BASELINE_VERSION}; {redo}")
+    runs = doc.get("runs")
+    if not isinstance(runs, list) or doc.get("n_runs") != len(runs):
+        raise UserError(f"baseline '{name}' ({path}) is corrupt: expected {doc.get('n_runs')!r} "
+                        f"runs, found {len(runs) if isinstance(runs, list) else 'none'}; {redo}")
+    for i, run in enumerate(runs):
+        bad = [k for k, t in _RUN_FIELDS.items()
+               if not isinstance(run, dict) or not isinstance(run.get(k), t)
+               or isinstance(run.get(k), bool)]
+        if bad:
+            raise UserError(f"baseline '{name}' ({path}) is corrupt: run {i} has no valid "
+                            f"{', '.join(bad)}; {redo}")
+    if not runs:
+        raise UserError(f"baseline '{name}' ({path}) holds no runs; {redo}")
+    return doc
+
+
+def list_baselines(root: str | Path) -> list[dict[str, Any]]:
+    """One summary dict per folder under ``root`` holding a baseline file."""
+    out = []
+    root = Path(root)
+    if not root.is_dir():
+        return out
+    for path in sorted(root.glob(f"*/{BASELINE_FILE}")):
+        name = path.parent.name
+        try:
+            doc = load_baseline(root, name)
+        except UserError as exc:
+            out.append({"name": name, "error": str(exc)})
+            continue
+        out.append({"name": name, "created": doc.get("created", ""), "note": doc.get("note", ""),
+                    "runs": doc["n_runs"], "pairs": sorted({r["pair"] for r in doc["runs"]}),
+                    "strategies": sorted({r["strategy"] for r in doc["runs"]})})
+    return out
+
+
+def load_new_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Compact runs of a run folder; an empty set is a UserError (never a silent pass)."""
+    store = RunStore(runs_dir)
+    if not store.root.is_dir():
+        raise UserError(f"runs folder '{store.root}' does not exist; "
+                        "run `mtl-bench run --runs-dir ...` first")
+    loaded = store.load()
+    if not loaded.records:
+        extra = f" ({len(loaded.corrupt)} corrupt)" if loaded.corrupt else ""
+        raise UserError(f"no run records in '{store.root}'{extra}; nothing to check")
+    return [compact_run(r) for r in loaded.records], loaded.corrupt
+
+
+# -- factors -------------------------------------------------------------------------------------
+def parse_factor(text: str | float) -> float:
+    """``0.1``, ``10%`` -> 0.1 (relative change allowed before a row may be marked)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and math.isfinite(value)):
+        raise UserError(f"factor should be a non-negative number such as 0.1 or 10%; "
+                        f"got '{text}'")
+    return value
+
+
+@dataclass
+class Factors:
+    """Default factor plus ``(pattern, factor)`` overrides; the last matching pattern wins.
+
+    A pattern (shell-style, ``fnmatch``) is matched against the metric (``mae``), the task and
+    metric (``body_mass.mae``) and the full row name (``clsreg/dwa/body_mass.mae``).
+    """
+
+    default: float = DEFAULT_FACTOR
+    patterns: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(self, spec: str) -> None:
+        if "=" not in spec or not spec.split("=", 1)[0].strip():
+            raise UserError(f"--factor-for expects PATTERN=FACTOR such as 'ece=0.5'; "
+                            f"got '{spec}'")
+        pattern, value = spec.split("=", 1)
+        self.patterns.append((pattern.strip(), parse_factor(value)))
+
+    def for_row(self, pair: str, strategy: str, metric: str) -> float:
+        names = (metric.rsplit(".", 1)[-1], metric, f"{pair}/{strategy}/{metric}")
+        factor = self.default
+        for pattern, value in self.patterns:
+            if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                factor = value
+        return factor
+
+
+def load_factors_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file ``factor = 0.1``, ``alpha = 0.05``, ``[factors] "ece" = 0.5``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"factors file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"factors file '{path}' is not valid TOML: {exc}") from None
+    unknown = set(data) - {"factor", "alpha", "factors"}
+    if unknown:
+        raise UserError(f"factors file '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
+                        "expected factor, alpha and a [factors] table")
+    out: dict[str, Any] = {"patterns": []}
+    if "factor" in data:
+        out["factor"] = parse_factor(data["factor"])
+    if "alpha" in data:
+        out["alpha"] = check_alpha(data["alpha"])
+    table = data.get("factors", {})
+    if not isinstance(table, dict):
+        raise UserError(f"factors file '{path}': [factors] should be a table of "
+                        "\"pattern\" = factor")
+    out["patterns"] = [(str(k), parse_factor(v)) for k, v in table.items()]
+    return out
+
+
+def check_alpha(value: Any) -> float:
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        alpha = float("nan")
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha should be a number between 0 and 1 such as 0.05; got '{value}'")
+    return alpha
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def min_mann_whitney_p(n1: int, n2: int) -> float:
+    """Smallest two-sided exact Mann-Whitney p-value two samples of these sizes can give:
+    complete separation, 2 of the C(n1+n2, n1) equally likely orderings (no ties)."""
+    if n1 < 1 or n2 < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
+
+
+def ci95(values: Sequence[float]) -> tuple[float, float] | None:
+    """t-based 95% confidence interval of the mean; None for fewer than two values."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    v = np.asarray(values, dtype=float)
+    half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+@dataclass
+class Evidence:
+    p: float | None  # Mann-Whitney p-value, None when the CI fallback decided
+    test: str | None  # "mann-whitney", "ci95", or None when undecidable
+    significant: bool
+
+
+def significance(base: Sequence[float], new: Sequence[float],
+                 alpha: float = DEFAULT_ALPHA) -> Evidence:
+    """Is ``new`` different from ``base`` across seeds?"""
+    from scipy.stats import mannwhitneyu
+
+    if not base or not new:
+        return Evidence(None, None, False)
+    if min_mann_whitney_p(len(base), len(new)) < alpha:
+        if len(set(base) | set(new)) == 1:
+            return Evidence(1.0, "mann-whitney", False)
+        p = float(mannwhitneyu(new, base, alternative="two-sided").pvalue)
+        return Evidence(p, "mann-whitney", p < alpha)
+    a, b = ci95(base), ci95(new)
+    if a is None or b is None:
+        return Evidence(None, None, False)  # one seed: no evidence either way
+    disjoint = a[1] < b[0] or b[1] < a[0]
+    return Evidence(None, "ci95", disjoint)
+
+
+def badness(base: float, new: float, higher_is_better: bool) -> float:
+    """Ratio > 1 when ``new`` is worse than ``base`` (1.5: 50% worse), < 1 when better.
+
+    For positive values: new/base for lower-is-better metrics, base/new for higher-is-better
+    (so a 10% factor means the same in both directions, as in asv). Negative pairs swap the
+    roles; a sign change or a zero gives inf (worse) or 0 (better): beyond any factor.
+    """
+    if base == new:
+        return 1.0
+    if base > 0 and new > 0 or base < 0 and new < 0:
+        r = new / base if base > 0 else base / new
+        return 1 / r if higher_is_better else r
+    worse = new < base if higher_is_better else new > base
+    return math.inf if worse else 0.0
+
+
+# -- comparison ----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    task_pair: str
+    strategy: str
+    metric: str
+    kind: str
+    n: int = 0
+    baseline: float | str | None = None
+    new: float | str | None = None
+    ratio: float | None = None
+    p: float | None = None
+    test: str | None = None
+    factor: float | None = None
+    mark: str = ""
+    note: str = ""
+
+
+@dataclass
+class Options:
+    factors: Factors = field(default_factory=Factors)
+    alpha: float = DEFAULT_ALPHA
+    quality: bool = True
+    speed: bool = True
+    ignore_code_hash: bool = False
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    keys = sorted((set(a) | set(b)) - set(PLACEMENT_KEYS))
+    return [f"{k} {_short(a.get(k))}->{_short(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
+
+
+def _not_comparable(b: dict[str, Any], n: dict[str, Any], ignore_code: bool) -> list[str]:
+    reasons = []
+    if b["schema"] != n["schema"]:
+        reasons.append(f"record schema {b['schema']}->{n['schema']}")
+    diff = _config_diff(b["config"], n["config"])
+    if diff:
+        reasons.append("config differs: " + ", ".join(diff))
+    if not ignore_code and b["code"].get("strategy") != n["code"].get("strategy"):
+        reasons.append("strategy code changed")
+    return reasons
+
+
+def _pick(candidates: list[dict[str, Any]], base: dict[str, Any] | None) -> dict[str, Any]:
+    """Among new runs with one key, the one whose config matches the baseline's; else newest."""
+    if base is not None:
+        for c in candidates:
+            if not _config_diff(base["config"], c["config"]):
+                return c
+    return max(candidates, key=lambda c: (c.get("created") or "", c.get("run_id") or ""))
+
+
+def _seeds(seeds: Iterable[int]) -> str:
+    return ",".join(str(s) for s in sorted(seeds))
+
+
+def _mark(base: list[float], new: list[float], higher: bool, factor: float, alpha: float,
+          row: Row) -> None:
+    row.n = min(len(base), len(new))
+    if not base or not new:
+        row.mark, row.note = NOT_COMPARABLE, "no finite values on one side"
+        return
+    mb, mn = statistics.fmean(base), statistics.fmean(new)
+    row.baseline, row.new, row.factor = mb, mn, factor
+    row.ratio = mn / mb if mb != 0 and (mb > 0) == (mn > 0) else None
+    bad = badness(mb, mn, higher)
+    if 1 / (1 + factor) <= bad <= 1 + factor:
+        return  # within the factor: no test needed, no mark (asv does the same)
+    ev = significance(base, new, alpha)
+    row.p, row.test = ev.p, ev.test
+    if bad > 1:
+        row.mark = WORSE if ev.significant else NOT_SIGNIFICANT
+    else:
+        row.mark = BETTER if ev.significant else NOT_SIGNIFICANT
+
+
+def compare(baseline_runs: Sequence[dict[str, Any]], new_runs: Sequence[dict[str, Any]],
+            options: Options | None = None) -> list[Row]:
+    """Rows per (task pair, strategy, metric) with marks; see the module docstring."""
+    opt = options or Options()
+    base = {_run_key(r): r for r in baseline_runs}
+    new_all: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in new_runs:
+        new_all.setdefault(_run_key(r), []).append(r)
+    new = {k: _pick(v, base.get(k)) for k, v in new_all.items()}
+
+    groups = sorted({k[:2] for k in base} | {k[:2] for k in new})
+    rows: list[Row] = []
+    for pair, strategy in groups:
+        b_runs = {k[2]: r for k, r in base.items() if k[:2] == (pair, strategy)}
+        n_runs = {k[2]: r for k, r in new.items() if k[:2] == (pair, strategy)}
+        status = Row(pair, strategy, RUNS_OK, STATUS)
+        rows.append(status)
+        if not n_runs or not b_runs:
+            status.mark = NOT_COMPARABLE
+            status.note = "not in the new runs" if not n_runs else "not in the baseline"
+            continue
+        common = sorted(set(b_runs) & set(n_runs))
+        if not common:
+            status.mark = NOT_COMPARABLE
+            status.note = (f"no common seeds (baseline {_seeds(b_runs)}, "
+                           f"new {_seeds(n_runs)})")
+            continue
+        reasons: list[str] = []
+        for s in common:
+            for reason in _not_comparable(b_runs[s], n_runs[s], opt.ignore_code_hash):
+                if reason not in reasons:
+                    reasons.append(reason)
+        b_ok = [s for s in common if b_runs[s]["status"] == "ok"]
+        n_ok = [s for s in common if n_runs[s]["status"] == "ok"]
+        status.n = len(common)
+        status.baseline, status.new = f"{len(b_ok)}/{len(common)}", f"{len(n_ok)}/{len(common)}"
+        failing = [s for s in b_ok if s not in n_ok]
+        fixed = [s for s in n_ok if s not in b_ok]
+        notes = []
+        if failing:
+            status.mark = NEWLY_FAILING  # a new failure counts whatever else changed
+            first = n_runs[failing[0]].get("reason", "")
+            notes.append(f"newly failing seed(s) {_seeds(failing)}: {first}")
+        elif reasons:
+            status.mark = NOT_COMPARABLE
+        elif fixed:
+            status.mark = NEWLY_FIXED
+        if fixed:
+            notes.append(f"newly ok seed(s) {_seeds(fixed)}")
+        if len(common) < max(len(b_runs), len(n_runs)):
+            notes.append(f"seeds compared {_seeds(common)} (baseline {_seeds(b_runs)}, "
+                         f"new {_seeds(n_runs)})")
+        notes += reasons
+        status.note = "; ".join(notes)
+        both = [s for s in b_ok if s in n_ok]
+        if opt.quality:
+            rows += _quality_rows(pair, strategy, both, b_runs, n_runs, reasons, opt)
+        if opt.speed:
+            rows += _speed_rows(pair, strategy, both, b_runs, n_runs, reasons, base, new, opt)
+    return rows
+
+
+def _quality_rows(pair: str, strategy: str, seeds: list[int], b_runs: dict[int, Any],
+                  n_runs: dict[int, Any], reasons: list[str], opt: Options) -> list[Row]:
+    rows = []
+    metrics: list[str] = []
+    for s in seeds:
+        for name in [*b_runs[s]["test"], *n_runs[s]["test"]]:
+            if name not in metrics:
+                metrics.append(name)
+    for name in metrics:
+        metric = name.rsplit(".", 1)[-1]
+        higher = b_runs[seeds[0]]["directions"].get(
+            metric, n_runs[seeds[0]]["directions"].get(metric))
+        row = Row(pair, strategy, name, QUALITY)
+        bv = [v for s in seeds if (v := b_runs[s]["test"].get(name)) is not None]
+        nv = [v for s in seeds if (v := n_runs[s]["test"].get(name)) is not None]
+        if higher is None:
+            row.mark, row.note = NOT_COMPARABLE, f"no direction known for metric '{metric}'"
+        else:
+            _mark(bv, nv, bool(higher), opt.factors.for_row(pair, strategy, name), opt.alpha,
+                  row)
+        _set_not_comparable(row, reasons)
+        rows.append(row)
+    return rows
+
+
+def _set_not_comparable(row: Row, reasons: list[str]) -> None:
+    if reasons:
+        row.mark = NOT_COMPARABLE
+        row.note = "; ".join(reasons) if not row.note else f"{row.note}; {'; '.join(reasons)}"
+
+
+def _reference_median(runs: dict[tuple[str, str, int], dict[str, Any]], pair: str
+                      ) -> tuple[float | None, list[dict[str, Any]]]:
+    refs = [r for k, r in runs.items() if k[:2] == (pair, REFERENCE_STRATEGY)
+            and r["status"] == "ok" and r["throughput"].get("samples_per_s")]
+    if not refs:
+        return None, []
+    return statistics.median(r["throughput"]["samples_per_s"] for r in refs), refs
+
+
+def _speed_rows(pair: str, strategy: str, seeds: list[int], b_runs: dict[int, Any],
+                n_runs: dict[int, Any], reasons: list[str], base: dict, new: dict,
+                opt: Options) -> list[Row]:
+    rows = []
+    seeds = [s for s in seeds if b_runs[s]["throughput"].get("samples_per_s")
+             and n_runs[s]["throughput"].get("samples_per_s")]
+    placement = [s for s in seeds if any(b_runs[s]["config"].get(k) != n_runs[s]["config"].get(k)
+                                         for k in PLACEMENT_KEYS)]
+    speed_reasons = list(reasons)
+    if placement:
+        speed_reasons.append("device/threads differ")
+    if strategy != REFERENCE_STRATEGY:
+        row = Row(pair, strategy, SPEED_RATIO, SPEED)
+        b_ref, b_refs = _reference_median(base, pair)
+        n_ref, n_refs = _reference_median(new, pair)
+        if b_ref is None or n_ref is None:
+            row.mark = NOT_COMPARABLE
+            row.note = f"no ok '{REFERENCE_STRATEGY}' runs of this pair in " + (
+                "the baseline" if b_ref is None else "the new runs")
+        else:
+            bv = [b_runs[s]["throughput"]["samples_per_s"] / b_ref for s in seeds]
+            nv = [n_runs[s]["throughput"]["samples_per_s"] / n_ref for s in seeds]
+            _mark(bv, nv, True, opt.factors.for_row(pair, strategy, SPEED_RATIO), opt.alpha,
+                  row)
+            ref_codes = ({r["code"].get("strategy") for r in b_refs}
+                         | {r["code"].get("strategy") for r in n_refs})
+            extra = [] if opt.ignore_code_hash or len(ref_codes) == 1 else \
+                [f"'{REFERENCE_STRATEGY}' code changed"]
+            _set_not_comparable(row, speed_reasons + extra)
+        rows.append(row)
+    row = Row(pair, strategy, SAMPLES_PER_S, SPEED)
+    bv = [b_runs[s]["throughput"]["samples_per_s"] for s in seeds]
+    nv = [n_runs[s]["throughput"]["samples_per_s"] for s in seeds]
+    _mark(bv, nv, True, opt.factors.for_row(pair, strategy, SAMPLES_PER_S), opt.alpha, row)
+    machines = {b_runs[s]["machine"] for s in seeds} | {n_runs[s]["machine"] for s in seeds}
+    if speed_reasons:
+        _set_not_comparable(row, speed_reasons)
+    elif len(machines) > 1 or "unknown" in machines:
+        # absolute speed only means something on the machine the baseline was taken on
+        row.mark, row.note = "", "other machine: shown, not gated"
+    rows.append(row)
+    return rows
+
+
+# -- verdict and output --------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    exit_code: int
+    lines: list[str]
+    counts: dict[str, int]
+
+
+def verdict(rows: Sequence[Row], fail_on_x: float | None = None) -> Verdict:
+    """Exit code (0 fine, 1 worse) and the summary lines that say which rows and why."""
+    counts = {m: sum(r.mark == m for r in rows) for m in
+              (WORSE, BETTER, NOT_SIGNIFICANT, NOT_COMPARABLE, NEWLY_FAILING, NEWLY_FIXED)}
+    lines = []
+    for r in rows:
+        if r.mark in FAILING_MARKS:
+            what = f"{r.task_pair} / {r.strategy} / {r.metric}"
+            if r.mark == WORSE:
+                ev = f"p = {r.p:.3g}" if r.p is not None else "95% CIs do not overlap"
+                ratio = f"x{r.ratio:.3g}" if r.ratio is not None else "sign changed"
+                lines.append(f"worse: {what}: {_num(r.baseline)} -> {_num(r.new)} ({ratio}, "
+                             f"beyond {r.factor:.0%}, {ev}, {r.n} seeds)")
+            else:
+                lines.append(f"newly failing: {r.task_pair} / {r.strategy}: {r.note}")
+    n_x = counts[NOT_COMPARABLE]
+    x_failed = False
+    if n_x:
+        reasons: dict[str, int] = {}
+        for r in rows:
+            if r.mark == NOT_COMPARABLE:
+                for reason in (r.note or "not comparable").split("; "):
+                    reasons[reason] = reasons.get(reason, 0) + 1
+        top = "; ".join(f"{k} ({v})" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        lines.append(f"NOT COMPARABLE: {n_x} of {len(rows)} rows were not compared: {top}")
+        if fail_on_x is not None and n_x / max(len(rows), 1) > fail_on_x:
+            x_failed = True
+            lines.append(f"failing: more than {fail_on_x:.0%} of the rows are not comparable "
+                         "(--fail-on-x); if the change is intended, regenerate the baseline "
+                         "(docs/check.md)")
+    compared = sum(r.kind != STATUS and r.mark != NOT_COMPARABLE for r in rows)
+    failed = counts[WORSE] + counts[NEWLY_FAILING]
+    lines.append(f"{compared} rows compared: {counts[WORSE]} worse (+), {counts[BETTER]} better "
+                 f"(-), {counts[NOT_SIGNIFICANT]} beyond the factor but not significant (~), "
+                 f"{counts[NEWLY_FAILING]} newly failing (!), {counts[NEWLY_FIXED]} newly fixed "
+                 f"(*), {n_x} not comparable (x)")
+    code = 1 if failed or x_failed else 0
+    lines.append("result: " + ("REGRESSION" if failed else "FAILED (not comparable)" if x_failed
+                               else "ok, nothing worse"))
+    return Verdict(code, lines, counts)
+
+
+def _num(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, str):
+        return x
+    if not math.isfinite(x):
+        return str(x)
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.4g}"
+
+
+COLUMNS = [TASK_PAIR, STRATEGY, METRIC, "n", "baseline", "new", "ratio", "p", "mark", "note"]
+
+
+def _cells(r: Row) -> list[str]:
+    if r.p is not None:
+        p = f"{r.p:.3g}"
+    elif r.test == "ci95":
+        p = "CI"
+    else:
+        p = ""
+    ratio = f"{r.ratio:.3f}" if r.ratio is not None else ""
+    return [r.task_pair, r.strategy, r.metric, str(r.n) if r.n else "", _num(r.baseline),
+            _num(r.new), ratio, p, r.mark, r.note]
+
+
+def format_rows(rows: Sequence[Row], fmt: str = "md", extra: dict[str, Any] | None = None
+                ) -> str:
+    """``md`` (a Markdown table), ``csv`` or ``json`` (rows plus ``extra``)."""
+    if fmt == "json":
+        return json.dumps({**(extra or {}), "rows": [asdict(r) for r in rows]}, indent=1,
+                          allow_nan=False, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([*COLUMNS, "kind", "test", "factor"])
+        for r in rows:
+            cells = _cells(r)
+            cells[6] = "" if r.ratio is None else repr(r.ratio)
+            cells[7] = "" if r.p is None else repr(r.p)
+            w.writerow([*cells, r.kind, r.test or "", "" if r.factor is None else r.factor])
+        return buf.getvalue().rstrip("\n")
+    table = [COLUMNS, *(_cells(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in table]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def code_notes(baseline_runs: Sequence[dict[str, Any]], new_runs: Sequence[dict[str, Any]]
+               ) -> list[str]:
+    """Harness or task-pair code that changed since the baseline. Rows stay comparable (such a
+    change is what the check is there to catch), but the reader should know."""
+    notes = []
+    pairs = sorted({r["task_pair"] for r in baseline_runs} & {r["task_pair"] for r in new_runs})
+    for part, what in (("harness", "harness (training loop)"), ("task", "task-pair")):
+        changed = [p for p in pairs
+                   if {r["code"].get(part) for r in baseline_runs if r["task_pair"] == p}
+                   != {r["code"].get(part) for r in new_runs if r["task_pair"] == p}]
+        if changed:
+            notes.append(f"note: {what} code differs from the baseline's for "
+                         f"{', '.join(changed)}; differences in these rows may come from it")
+    return notes

@@ -1,0 +1,60 @@
+"""``mtl-bench aggregate``: run records -> tidy tables (CSV, Markdown, meta.json).
+
+Reads only the run records under ``--runs-dir`` and writes, per task-pair setting, strategies x
+test metrics (mean and confidence interval over seeds, n per cell), Delta_m% against single-task
+runs of the same seed, ranks, paired tests against fixed equal weights, throughput, and the
+cross-pair Friedman/Nemenyi summary, plus the curve tables the report plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtl_bench.stats import CI_METHODS
+
+HELP = "turn run records into tables (mean, CI, Delta_m%, ranks, tests)"
+DEFAULT_TABLES = Path("reports") / "tables"
+
+
+def add_ci_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ci", choices=CI_METHODS, default="t",
+                   help="confidence interval over seeds: t (Student) or bootstrap (percentile, "
+                        "fixed resampling seed); default t")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level for paired tests and the critical difference "
+                        "(default 0.05)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default="runs", help="run records to read (default: runs/)")
+    p.add_argument("--out", default=str(DEFAULT_TABLES),
+                   help="folder for the tables (default: reports/tables/)")
+    add_ci_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def aggregate_to(runs_dir: str | Path, out: str | Path, ci: str, level: float, alpha: float,
+                 quiet: bool = False):
+    """Aggregate ``runs_dir`` into ``out`` and say what was written; returns the tables."""
+    from mtl_bench.aggregate import aggregate_dir
+
+    tables = aggregate_dir(runs_dir, ci=ci, level=level, alpha=alpha)
+    tables.write(out)
+    if not quiet:
+        m = tables.meta
+        print(f"aggregated {m['n_records']} run records ({m['n_ok']} ok, {m['n_failed']} failed)"
+              f" in {len(m['settings'])} setting(s) -> {Path(out)}/ (tables.md, *.csv)")
+        for path, why in m["corrupt"]:
+            print(f"note: skipped corrupt record {path}: {why}", file=sys.stderr)
+        for s in m["settings"]:
+            for note in s["notes"]:
+                print(f"note: {s['label']}: {note}", file=sys.stderr)
+    return tables
+
+
+def run(args: argparse.Namespace) -> int:
+    aggregate_to(args.runs_dir, args.out, args.ci, args.level, args.alpha, args.quiet)
+    return 0

@@ -1,0 +1,95 @@
+"""``mtl-bench baseline``: save, list and show the baselines that ``check`` compares against.
+
+``baseline save NAME --runs-dir DIR`` compacts the run records of DIR (keys, config, config
+hash, code hashes, machine fingerprint, status, test metrics at the selected epoch, throughput;
+no curves) into ``results/baselines/NAME/baseline.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mtl_bench.errors import UserError
+
+HELP = "save, list or show baselines for `check`"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action")
+    save = sub.add_parser("save", help="create a baseline from a runs folder")
+    save.add_argument("name", help="baseline name (letters, digits, '.', '_', '-')")
+    save.add_argument("--runs-dir", default="runs", help="runs to save (default: runs/)")
+    save.add_argument("--force", action="store_true", help="replace an existing baseline")
+    save.add_argument("--note", default="", help="free text kept in the file, e.g. the command "
+                                                 "that made the runs")
+    listing = sub.add_parser("list", help="saved baselines, one line each")
+    show = sub.add_parser("show", help="what a baseline holds, per task pair and strategy")
+    show.add_argument("name")
+    for sp in (save, listing, show):
+        sp.add_argument("--baselines-dir", default=None,
+                        help="where baselines live (default: results/baselines)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtl_bench import check
+
+    root = getattr(args, "baselines_dir", None) or check.DEFAULT_BASELINES_DIR
+    if args.action == "save":
+        check.check_name(args.name)
+        from mtl_bench.store import RunStore
+
+        store = RunStore(args.runs_dir)
+        if not store.root.is_dir():
+            raise UserError(f"runs folder '{store.root}' does not exist")
+        loaded = store.load()
+        if loaded.corrupt:
+            path, reason = loaded.corrupt[0]
+            raise UserError(f"{len(loaded.corrupt)} corrupt record(s) in '{store.root}' (first: "
+                            f"{path}: {reason}); rerun the sweep before saving a baseline")
+        if not loaded.records:
+            raise UserError(f"no run records in '{store.root}'; nothing to save")
+        doc = check.build_baseline(loaded.records, args.name, args.note, str(args.runs_dir))
+        path = check.save_baseline(root, args.name, doc, force=args.force)
+        n_failed = sum(r["status"] != "ok" for r in doc["runs"])
+        print(f"saved baseline '{args.name}': {doc['n_runs']} runs ({n_failed} failed) in {path}")
+        return 0
+    if args.action == "list":
+        items = check.list_baselines(root)
+        if not items:
+            print(f"no baselines in {root}/")
+        for b in items:
+            if "error" in b:
+                print(f"{b['name']:<16} unreadable: {b['error']}")
+            else:
+                print(f"{b['name']:<16} {b['runs']:>4} runs  {b['created']}  "
+                      f"{', '.join(b['pairs'])}  {b['note']}")
+        return 0
+    if args.action == "show":
+        return _show(check.load_baseline(root, args.name))
+    raise UserError("baseline: choose an action: save, list or show")
+
+
+def _show(doc: dict) -> int:
+    import statistics
+
+    print(f"baseline '{doc['name']}': {doc['n_runs']} runs, created {doc.get('created')}, "
+          f"format version {doc['version']}")
+    if doc.get("note"):
+        print(f"note: {doc['note']}")
+    print(f"git commit(s): {', '.join(doc.get('git_commits') or ['unknown'])}; machine(s): "
+          f"{', '.join(sorted({r['machine'] for r in doc['runs']}))}")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in doc["runs"]:
+        groups.setdefault((r["pair"], r["strategy"]), []).append(r)
+    for (pair, strategy), runs in sorted(groups.items()):
+        ok = [r for r in runs if r["status"] == "ok"]
+        metrics = []
+        for name in (ok[0]["test"] if ok else {}):
+            values = [v for r in ok if (v := r["test"].get(name)) is not None]
+            if values:
+                metrics.append(f"{name} {statistics.fmean(values):.4g}")
+        sps = [v for r in ok if (v := r["throughput"].get("samples_per_s"))]
+        speed = f"{statistics.median(sps):,.0f} samples/s" if sps else "-"
+        print(f"  {pair} / {strategy}: seeds {','.join(str(r['seed']) for r in runs)}, "
+              f"{len(ok)}/{len(runs)} ok; {'; '.join(metrics)}; {speed}")
+    return 0

@@ -1,0 +1,113 @@
+"""``mtl-bench check``: compare a set of runs with a committed baseline.
+
+A row (task pair, strategy, metric) is marked ``+`` (worse) only when its change exceeds the
+factor AND is significant across seeds; ``-`` better, ``~`` beyond the factor but not
+significant, ``x`` not comparable (config, record schema or strategy code differs), ``!`` newly
+failing, ``*`` newly fixed. Exit 0 when nothing is worse, 1 when a row is ``+`` or ``!`` (or,
+with ``--fail-on-x``, too many rows are ``x``), 2 on bad input. The table goes to stdout, the
+verdict to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtl_bench.errors import UserError
+
+HELP = "compare runs with a committed baseline; exit 1 on a regression"
+
+
+def _fraction(text: str) -> float:
+    from mtl_bench.check import parse_factor
+
+    value = parse_factor(text)
+    if value > 1:
+        raise UserError(f"--fail-on-x expects a fraction of rows from 0 to 1 (or 0%..100%); "
+                        f"got '{text}'")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", default="default",
+                   help="baseline name under --baselines-dir (default: default; the quick "
+                        "profile's is 'quick')")
+    p.add_argument("--runs-dir", default="runs", help="the new runs (default: runs/)")
+    p.add_argument("--baselines-dir", default=None,
+                   help="where baselines live (default: results/baselines)")
+    p.add_argument("--factor", default=None,
+                   help="relative change a row may show before it can be marked: 0.1 or 10%% "
+                        "(default: the baseline's check.toml, else 10%%)")
+    p.add_argument("--factor-for", action="append", default=[], metavar="PATTERN=FACTOR",
+                   help="factor for rows whose metric, task.metric or pair/strategy/task.metric "
+                        "matches a shell pattern, e.g. 'ece=0.5' or 'speed*=1'; repeatable, "
+                        "the last match wins")
+    p.add_argument("--factors", default=None, metavar="FILE",
+                   help="TOML file with factor, alpha and a [factors] table (default: "
+                        "check.toml next to the baseline, when present)")
+    p.add_argument("--alpha", default=None, help="significance level (default 0.05)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--only-speed", action="store_true", help="compare throughput only")
+    what.add_argument("--only-quality", action="store_true", help="compare test metrics only")
+    p.add_argument("--only-changed", action="store_true", help="show marked rows only")
+    p.add_argument("--fail-on-x", type=_fraction, nargs="?", const=0.0, default=None,
+                   metavar="FRACTION",
+                   help="exit 1 when more than this fraction of rows is not comparable "
+                        "(no value: any row)")
+    p.add_argument("--ignore-code-hash", action="store_true",
+                   help="compare runs whose strategy code changed instead of marking them x")
+    p.add_argument("--format", choices=("md", "csv", "json"), default="md",
+                   help="table format on stdout (default md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtl_bench import check
+
+    root = args.baselines_dir or check.DEFAULT_BASELINES_DIR
+    doc = check.load_baseline(root, args.baseline)
+    new_runs, corrupt = check.load_new_runs(args.runs_dir)
+
+    factors = check.Factors()
+    alpha = check.DEFAULT_ALPHA
+    factors_file = args.factors
+    if factors_file is None:
+        default_file = check.baseline_path(root, args.baseline).with_name(check.FACTORS_FILE)
+        factors_file = default_file if default_file.is_file() else None
+    if factors_file is not None:
+        cfg = check.load_factors_file(factors_file)
+        factors.default = cfg.get("factor", factors.default)
+        factors.patterns = list(cfg["patterns"])
+        alpha = cfg.get("alpha", alpha)
+    if args.factor is not None:
+        factors.default = check.parse_factor(args.factor)
+    for spec in args.factor_for:
+        factors.add(spec)
+    if args.alpha is not None:
+        alpha = check.check_alpha(args.alpha)
+
+    options = check.Options(factors=factors, alpha=alpha, quality=not args.only_speed,
+                            speed=not args.only_quality, ignore_code_hash=args.ignore_code_hash)
+    rows = check.compare(doc["runs"], new_runs, options)
+    matched = [r for r in rows if r.kind == check.STATUS and r.n]
+    if not matched:
+        raise UserError(f"no run in '{args.runs_dir}' matches baseline '{args.baseline}' by "
+                        "(task pair, settings, strategy, seed); run the profile the baseline "
+                        f"was made from (baseline note: {doc.get('note') or 'none'})")
+    result = check.verdict(rows, args.fail_on_x)
+    shown = [r for r in rows if r.mark] if args.only_changed else rows
+
+    err = sys.stderr
+    print(f"baseline '{args.baseline}' ({doc['n_runs']} runs, created {doc.get('created')}) "
+          f"vs {len(new_runs)} runs in '{args.runs_dir}'; factor {factors.default:.0%}"
+          + (f" with {len(factors.patterns)} override(s)" if factors.patterns else "")
+          + f", alpha {alpha:g}", file=err)
+    for path, reason in corrupt:
+        print(f"note: skipped corrupt record {path}: {reason}", file=err)
+    for line in check.code_notes(doc["runs"], new_runs):
+        print(line, file=err)
+    extra = {"baseline": args.baseline, "runs_dir": str(args.runs_dir),
+             "exit_code": result.exit_code, "summary": result.lines}
+    print(check.format_rows(shown, args.format, extra))
+    for line in result.lines:
+        print(line, file=err)
+    return result.exit_code
