@@ -67,3 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished runs are kept; rerun the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPT
+    except BrokenPipeError:
+        # output piped into `head` and closed early: not an error of ours
+        sys.stderr.close()
+        return EXIT_OK

@@ -126,8 +126,10 @@ def load_plugin_file(path: str | Path) -> Any:
     try:
         spec.loader.exec_module(module)
     except UserError:
+        sys.modules.pop(mod_name, None)
         raise
     except Exception as exc:
+        sys.modules.pop(mod_name, None)
         raise UserError(
             f"plug-in file '{path}' failed to import: {type(exc).__name__}: {exc}"
         ) from exc

@@ -159,6 +159,14 @@ class Strategy(nn.Module):
         """Turn this step's (T,) task losses into an :class:`Update`."""
         raise NotImplementedError
 
+    def get_extra_state(self) -> Any:
+        # the random generator is state too: a restored strategy continues the same draws
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: Any) -> None:
+        if isinstance(state, dict) and "generator" in state:
+            self.generator.set_state(state["generator"])
+
     def after_step(self) -> None:
         """Called after the optimiser steps (e.g. to renormalise learnable weights)."""
 

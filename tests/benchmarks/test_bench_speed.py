@@ -69,6 +69,6 @@ def test_evaluate(benchmark, pair_name):
     benchmark.group = "evaluate"
     result = benchmark(evaluate, model, tasks, data, data.test)
     benchmark.extra_info.update(pair=pair_name, trained_epochs=epochs,
-                                test_size=data.test.sizes,
+                                test_size=data.test.sizes(),
                                 **{f"{t}.{m}": v for (t, m), v in result.items()})
     assert all(math.isfinite(v) for (_, m), v in result.items() if m == "loss")
