@@ -440,10 +440,10 @@ def aggregate_records(records: Sequence[dict[str, Any]],
 
     runs = _runs_table(settings)
     long = _long_table(settings)
-    summary, ranks = _summary_tables(settings, long, ci, level)
-    per_seed = _per_seed(long)
-    dm, dm_seed = _delta_m_table(settings, per_seed, ci, level)
-    significance = _significance_table(settings, per_seed, dm_seed, alpha)
+    values = _per_seed(long)
+    summary, ranks = _summary_tables(settings, values, ci, level)
+    dm, dm_seed = _delta_m_table(settings, values, ci, level)
+    significance = _significance_table(settings, values, dm_seed, alpha)
     throughput = _throughput_table(settings, runs, ci, level)
     curves, weights, diagnostics, details = _trajectory_tables(settings, level)
     cross, friedman = _cross_pair(ranks, alpha)
@@ -524,83 +524,91 @@ def _runs_table(settings: list[Setting]) -> pd.DataFrame:
                 row[f"tp_{k}"] = v
             rows.append(row)
     df = pd.DataFrame(rows)
+    for col in (*PHASES, "step_ms", "steps_per_s", "samples_per_s", "peak_memory_mb"):
+        if f"tp_{col}" not in df:  # no run was timed (all failed early): keep the columns
+            df[f"tp_{col}"] = math.nan
     return df.sort_values([SETTING, STRATEGY, SEED, RUN_ID], kind="stable").reset_index(drop=True)
 
 
 def _long_table(settings: list[Setting]) -> pd.DataFrame:
     """Tidy: one row per ok run x split x task x metric at the selected epoch."""
-    frames = []
+    rows = []
     for s in settings:
         for r in s.records:
             if r.get(STATUS) != "ok" or not r.get("summary"):
                 continue
-            df = pd.DataFrame(r["summary"], columns=[EPOCH, SPLIT, TASK, METRIC, VALUE])
-            df[VALUE] = pd.to_numeric(df[VALUE], errors="coerce")
-            df.insert(0, SETTING, s.label)
-            df.insert(1, STRATEGY, r["strategy"])
-            df.insert(2, ROLE, s.roles[r["strategy"]])
-            df.insert(3, SEED, r["seed"])
-            df.insert(4, RUN_ID, r.get(RUN_ID))
-            df[TASK_PAIR] = s.task_pair
-            df[ARCHITECTURE] = s.architecture
-            df["higher_is_better"] = df[METRIC].map(s.directions)
-            frames.append(df)
+            lb = r["strategy"]
+            head = (s.label, lb, s.roles[lb], r["seed"], r.get(RUN_ID))
+            for epoch, split, task, metric, value in r["summary"]:
+                rows.append((*head, epoch, split, task, metric, _float(value), s.task_pair,
+                             s.architecture, s.directions.get(metric)))
     cols = [SETTING, STRATEGY, ROLE, SEED, RUN_ID, EPOCH, SPLIT, TASK, METRIC, VALUE, TASK_PAIR,
             ARCHITECTURE, "higher_is_better"]
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)[cols]
+    return pd.DataFrame(rows, columns=cols)
 
 
-def _per_seed(long: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
-    """(setting, label) -> seeds x (task, metric) test values. Duplicate runs of one seed
-    (same config on another device) count once, as their mean."""
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+#: (setting, label, task, metric) -> {seed: test value}
+SeedValues = dict[tuple[str, str, str, str], dict[int, float]]
+
+
+def _per_seed(long: pd.DataFrame) -> SeedValues:
+    """Test values by seed. Duplicate runs of one seed (the same config run again on another
+    device or thread count) count once, as their mean: seeds are the replicates."""
     test = long[(long[SPLIT] == TEST) & long["higher_is_better"].notna()]
-    out = {}
-    for (setting, lb), df in test.groupby([SETTING, STRATEGY], sort=False):
-        out[(setting, lb)] = df.pivot_table(index=SEED, columns=[TASK, METRIC], values=VALUE,
-                                            aggfunc="mean", dropna=False)
+    out: SeedValues = {}
+    if test.empty:
+        return out
+    means = test.groupby([SETTING, STRATEGY, TASK, METRIC, SEED], sort=True)[VALUE].mean()
+    for (setting, lb, task, metric, seed), v in means.items():
+        out.setdefault((setting, lb, task, metric), {})[seed] = float(v)
     return out
 
 
-def _summary_tables(settings: list[Setting], long: pd.DataFrame, ci: str, level: float
+def _summary_tables(settings: list[Setting], values: SeedValues, ci: str, level: float
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    test = long[long[SPLIT] == TEST]
     rows, rank_rows = [], []
     for s in settings:
-        st = test[test[SETTING] == s.label]
         cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+        counts: dict[tuple[str, str | None], list[int]] = {}
+        for r in s.records:  # runs and failures per label (per task for single-task runs)
+            c = counts.setdefault((r["strategy"], _config(r).get("single_task")), [0, 0])
+            c[0] += 1
+            c[1] += r.get(STATUS) != "ok"
         for lb in s.labels():
-            recs = [r for r in s.records if r["strategy"] == lb]
             for task, metric in s.metric_columns():
-                runs_here = [r for r in recs if _config(r).get("single_task") in (None, task)]
-                vals = st.loc[(st[STRATEGY] == lb) & (st[TASK] == task) & (st[METRIC] == metric),
-                              VALUE]
+                n_runs, n_failed = counts.get((lb, None), [0, 0])
+                if s.roles[lb] == SINGLE_TASK:
+                    n_runs, n_failed = counts.get((lb, task), [0, 0])
+                vals = list(values.get((s.label, lb, task, metric), {}).values())
                 cell = {SETTING: s.label, STRATEGY: lb, ROLE: s.roles[lb],
                         FRONT_WEIGHT: s.front_weights.get(lb, math.nan), TASK: task,
                         METRIC: metric, "higher_is_better": s.directions.get(metric),
-                        "n_runs": len(runs_here),
-                        "n_failed": sum(r.get(STATUS) != "ok" for r in runs_here),
-                        **_cell(vals.to_numpy(dtype=float), ci, level), "rank": math.nan,
-                        "best": False}
+                        "n_runs": n_runs, "n_failed": n_failed, **_cell(vals, ci, level),
+                        "rank": math.nan, "best": False}
                 cells[(lb, task, metric)] = cell
                 rows.append(cell)
         ranked = s.labels(RANKED_ROLES)
         per_label: dict[str, list[float]] = {lb: [] for lb in ranked}
         for task, metric in s.metric_columns():
             hib = s.directions.get(metric)
-            if hib is None:
+            if hib is None or not ranked:
                 continue
-            means = np.array([cells[(lb, task, metric)]["mean"] for lb in ranked])
-            r = stats.rank_values(means, hib)
+            r = stats.rank_values([cells[(lb, task, metric)]["mean"] for lb in ranked], hib)
+            best = np.nanmin(r) if np.isfinite(r).any() else math.nan
             for lb, rank in zip(ranked, r):
-                cells[(lb, task, metric)]["rank"] = rank
-                cells[(lb, task, metric)]["best"] = bool(rank == np.nanmin(r)) if np.isfinite(
-                    rank) else False
                 if np.isfinite(rank):
+                    cells[(lb, task, metric)]["rank"] = float(rank)
+                    cells[(lb, task, metric)]["best"] = bool(rank == best)
                     per_label[lb].append(float(rank))
         mean_ranks = {lb: float(np.mean(v)) if v else math.nan for lb, v in per_label.items()}
-        position = stats.rank_values(np.array([mean_ranks[lb] for lb in ranked]), False)
+        position = stats.rank_values([mean_ranks[lb] for lb in ranked], False)
         for lb, pos in zip(ranked, position):
             rank_rows.append({SETTING: s.label, STRATEGY: lb, ROLE: s.roles[lb],
                               "mean_rank": mean_ranks[lb], "n_metrics": len(per_label[lb]),
@@ -611,49 +619,45 @@ def _summary_tables(settings: list[Setting], long: pd.DataFrame, ci: str, level:
     return summary, ranks
 
 
-def _delta_m_table(settings: list[Setting], per_seed: dict[tuple[str, str], pd.DataFrame],
-                   ci: str, level: float
-                   ) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.Series]]:
+def _delta_m_table(settings: list[Setting], values: SeedValues, ci: str, level: float
+                   ) -> tuple[pd.DataFrame, dict[tuple[str, str], dict[int, float]]]:
     """Delta_m% per seed against the single-task run of the same seed, then mean and CI."""
     rows, by_seed = [], {}
     for s in settings:
         if s.baseline is None:
             continue
         base_setting = s.label if s.baseline == "setting" else s.baseline
-        single = per_seed.get((base_setting, SINGLE_TASK))
         keys = s.metric_columns()
         higher = {f"{t}/{m}": bool(s.directions[m]) for t, m in keys}
+        single = {(t, m): values.get((base_setting, SINGLE_TASK, t, m), {}) for t, m in keys}
+        mine = []
         for lb in s.labels((REFERENCE, METHOD, FRONT)):
-            mtl = per_seed.get((s.label, lb))
-            values, missing = {}, 0
-            seeds = [] if mtl is None else list(mtl.index)
+            mtl = {(t, m): values.get((s.label, lb, t, m), {}) for t, m in keys}
+            seeds = sorted({seed for d in mtl.values() for seed in d})
+            deltas, missing = {}, 0
             for seed in seeds:
-                try:
-                    m = {f"{t}/{k}": float(mtl.loc[seed, (t, k)]) for t, k in keys}
-                    b = {f"{t}/{k}": float(single.loc[seed, (t, k)]) for t, k in keys}
-                except (KeyError, AttributeError, TypeError):
-                    missing += 1
+                m = {f"{t}/{k}": mtl[(t, k)].get(seed, math.nan) for t, k in keys}
+                b = {f"{t}/{k}": single[(t, k)].get(seed, math.nan) for t, k in keys}
+                if not (np.isfinite(list(m.values())).all() and np.isfinite(list(b.values())).all()
+                        and all(v != 0 for v in b.values())):
+                    missing += 1  # no same-seed baseline for every metric (or a zero one)
                     continue
-                if not all(np.isfinite(list(m.values())) & np.isfinite(list(b.values()))) or \
-                        any(v == 0 for v in b.values()):
-                    missing += 1
-                    continue
-                values[seed] = delta_m(m, b, higher)
-            series = pd.Series(values, dtype=float)
-            by_seed[(s.label, lb)] = series
-            rows.append({SETTING: s.label, STRATEGY: lb, ROLE: s.roles[lb],
-                         **_cell(series.to_numpy(), ci, level), "n_without_baseline": missing})
-        mine = [r for r in rows if r[SETTING] == s.label]
+                deltas[seed] = delta_m(m, b, higher)
+            by_seed[(s.label, lb)] = deltas
+            mine.append({SETTING: s.label, STRATEGY: lb, ROLE: s.roles[lb],
+                         **_cell(list(deltas.values()), ci, level),
+                         "n_without_baseline": missing})
         if mine and all(r["n"] == 0 for r in mine):
             s.notes.append("Δm% not computed: no seed has both a multi-task run and single-task "
                            "runs of every task with finite, non-zero metrics")
+        rows += mine
     cols = [SETTING, STRATEGY, ROLE, "n", "mean", "sd", "ci_low", "ci_high",
             "n_without_baseline"]
     return pd.DataFrame(rows, columns=cols), by_seed
 
 
-def _significance_table(settings: list[Setting], per_seed: dict[tuple[str, str], pd.DataFrame],
-                        dm_seed: dict[tuple[str, str], pd.Series], alpha: float
+def _significance_table(settings: list[Setting], values: SeedValues,
+                        dm_seed: dict[tuple[str, str], dict[int, float]], alpha: float
                         ) -> pd.DataFrame:
     """Each strategy vs the reference, paired by seed, per test metric and for Delta_m%."""
     rows = []
@@ -664,35 +668,26 @@ def _significance_table(settings: list[Setting], per_seed: dict[tuple[str, str],
                 s.notes.append("no significance tests: no fixed equal-weight runs (reference)")
             continue
         for lb in s.labels((METHOD, FRONT)):
-            pairs: list[tuple[str, str, bool, pd.Series, pd.Series]] = []
-            a_all, b_all = per_seed.get((s.label, lb)), per_seed.get((s.label, ref))
-            for task, metric in s.metric_columns():
-                a = _column(a_all, (task, metric))
-                b = _column(b_all, (task, metric))
-                pairs.append((task, metric, bool(s.directions[metric]), a, b))
+            pairs = [(task, metric, bool(s.directions[metric]),
+                      values.get((s.label, lb, task, metric), {}),
+                      values.get((s.label, ref, task, metric), {}))
+                     for task, metric in s.metric_columns()]
             if s.baseline is not None:
-                pairs.append(("", DELTA_M, False, dm_seed.get((s.label, lb), pd.Series(
-                    dtype=float)), dm_seed.get((s.label, ref), pd.Series(dtype=float))))
+                pairs.append(("", DELTA_M, False, dm_seed.get((s.label, lb), {}),
+                              dm_seed.get((s.label, ref), {})))
             for task, metric, hib, a, b in pairs:
-                seeds = sorted(set(a.index) & set(b.index))
-                res = stats.paired_test(a.reindex(seeds).to_numpy(dtype=float),
-                                        b.reindex(seeds).to_numpy(dtype=float))
-                better = (res.mean_diff > 0) == hib if res.mean_diff else False
+                seeds = sorted(set(a) & set(b))
+                res = stats.paired_test([a[k] for k in seeds], [b[k] for k in seeds])
+                better = bool((res.mean_diff > 0) == hib) if res.mean_diff else False
                 rows.append({SETTING: s.label, STRATEGY: lb, ROLE: s.roles[lb], "reference": ref,
                              TASK: task, METRIC: metric, "higher_is_better": hib,
                              "test": res.test, "n": res.n, "statistic": res.statistic,
                              "p": res.p, "mean_diff": res.mean_diff, "better": better,
-                             "significant": bool(res.p < alpha) if res.n else False,
+                             "significant": bool(res.n and res.p < alpha),
                              "min_p": stats.min_attainable_p(res.n)})
     cols = [SETTING, STRATEGY, ROLE, "reference", TASK, METRIC, "higher_is_better", "test", "n",
             "statistic", "p", "mean_diff", "better", "significant", "min_p"]
     return pd.DataFrame(rows, columns=cols)
-
-
-def _column(frame: pd.DataFrame | None, key: tuple[str, str]) -> pd.Series:
-    if frame is None or key not in frame.columns:
-        return pd.Series(dtype=float)
-    return frame[key].dropna()
 
 
 def _throughput_table(settings: list[Setting], runs: pd.DataFrame, ci: str, level: float
@@ -701,10 +696,7 @@ def _throughput_table(settings: list[Setting], runs: pd.DataFrame, ci: str, leve
     to the reference measured on the same machine, device and thread count."""
     rows = []
     env = ["machine", "device", "threads"]
-    if "tp_step_ms" in runs:
-        ok = runs[(runs[STATUS] == "ok") & runs["tp_step_ms"].notna()]
-    else:  # no run got far enough to be timed
-        ok = runs.iloc[0:0]
+    ok = runs[(runs[STATUS] == "ok") & runs["tp_step_ms"].notna()]
     for s in settings:
         here = ok[ok[SETTING] == s.label]
         ref = here[here[STRATEGY] == s.reference] if s.reference else here.iloc[0:0]
@@ -712,8 +704,7 @@ def _throughput_table(settings: list[Setting], runs: pd.DataFrame, ci: str, leve
         for lb in s.labels((REFERENCE, METHOD, FRONT)):
             rs = here[here[STRATEGY] == lb]
             n_runs = int(((runs[SETTING] == s.label) & (runs[STRATEGY] == lb)).sum())
-            sps = stats.mean_ci(rs["tp_samples_per_s"].to_numpy(dtype=float)
-                                if "tp_samples_per_s" in rs else [], level, ci)
+            sps = stats.mean_ci(rs["tp_samples_per_s"].to_numpy(dtype=float), level, ci)
             ratios = []
             for _, row in rs.iterrows():
                 key = tuple(row[k] for k in env)
@@ -724,7 +715,7 @@ def _throughput_table(settings: list[Setting], runs: pd.DataFrame, ci: str, leve
                    "samples_per_s_high": sps.high}
             for col in (*PHASES, "step_ms", "peak_memory_mb", "steps_per_s"):
                 src = f"tp_{col}"
-                out[col] = float(rs[src].mean()) if src in rs and len(rs) else math.nan
+                out[col] = float(rs[src].mean()) if len(rs) else math.nan
             out["overhead"] = float(np.mean(ratios)) if ratios else math.nan
             out["n_overhead"] = len(ratios)
             out["device"] = ",".join(sorted({str(d) for d in rs["device"]})) if len(rs) else ""
@@ -739,7 +730,8 @@ def _trajectory_tables(settings: list[Setting], level: float
                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Curves, task weights (per-epoch means of per-step weights), gradient cosines and pooled
     classification details, each as mean and t-band over the seeds of a cell."""
-    curve_parts, weight_rows, diag_rows, detail_rows = [], [], [], []
+    curve_rows: list[tuple] = []
+    weight_rows, diag_rows, detail_rows = [], [], []
     for s in settings:
         for r in s.records:
             if r.get(STATUS) != "ok":
@@ -747,19 +739,18 @@ def _trajectory_tables(settings: list[Setting], level: float
             lb, role = r["strategy"], s.roles[r["strategy"]]
             c = r.get("curves") or {}
             if c.get("rows"):
-                df = pd.DataFrame(c["rows"], columns=c["columns"])
-                df[VALUE] = pd.to_numeric(df[VALUE], errors="coerce")
-                df[SETTING], df[STRATEGY], df[ROLE] = s.label, lb, role
-                curve_parts.append(df)
+                idx = [c["columns"].index(k) for k in (SPLIT, TASK, METRIC, EPOCH, VALUE)]
+                curve_rows += [(s.label, lb, role, row[idx[0]], row[idx[1]], row[idx[2]],
+                                row[idx[3]], _float(row[idx[4]])) for row in c["rows"]]
             w = r.get("weights") or {}
             spe = max(int(w.get("steps_per_epoch") or 1), 1)
             if w.get("values") and role != SINGLE_TASK:
                 arr = np.asarray(w["values"], dtype=float)
                 epochs = np.arange(len(arr)) // spe + 1
-                for j, task in enumerate(w["tasks"]):
-                    for e in np.unique(epochs):
-                        weight_rows.append((s.label, lb, role, task, int(e),
-                                            float(arr[epochs == e, j].mean())))
+                for e in np.unique(epochs):
+                    per_task = arr[epochs == e].mean(axis=0)
+                    weight_rows += [(s.label, lb, role, task, int(e), float(v))
+                                    for task, v in zip(w["tasks"], per_task)]
             names = w.get("tasks") or [t["name"] for t in r.get("tasks", [])]
             for d in r.get("diagnostics") or []:
                 for i, j, v in d.get("cos", []):
@@ -776,8 +767,7 @@ def _trajectory_tables(settings: list[Setting], level: float
                                         float(count or 0), conf, acc))
 
     keys = [SETTING, STRATEGY, ROLE, SPLIT, TASK, METRIC, EPOCH]
-    curves = _band(pd.concat(curve_parts, ignore_index=True) if curve_parts
-                   else pd.DataFrame(columns=[*keys, VALUE]), keys, level)
+    curves = _band(pd.DataFrame(curve_rows, columns=[*keys, VALUE]), keys, level)
     wdf = pd.DataFrame(weight_rows, columns=[SETTING, STRATEGY, ROLE, TASK, EPOCH, VALUE])
     weights = _band(wdf, [SETTING, STRATEGY, ROLE, TASK, EPOCH], level)
     ddf = pd.DataFrame(diag_rows, columns=[SETTING, STRATEGY, ROLE, "task_a", "task_b",

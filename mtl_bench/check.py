@@ -15,8 +15,10 @@ keys, config, config hash, code hashes, machine fingerprint, status, the test me
 selected epoch and the throughput; no curves. An optional ``check.toml`` next to it holds
 per-metric factors (see :func:`load_factors_file`).
 
-Runs are matched by (task pair + settings, strategy label, seed). A matched pair whose config
-(device and threads aside), record schema or strategy code hash differs is *not comparable*.
+Runs are matched by (task pair + settings, strategy label, seed); the settings are the task-pair
+options and the architecture, as in ``aggregate``. A matched pair whose config (device, threads
+and diagnostics cadence aside), record schema or strategy code hash differs is *not
+comparable*.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mtl_bench.aggregate import REFERENCE_STRATEGY
+from mtl_bench.aggregate import REFERENCE_STRATEGY, setting_label
 from mtl_bench.errors import UserError
+from mtl_bench.stats import t_interval
 from mtl_bench.store import METRIC, STRATEGY, TASK_PAIR, RunStore, atomic_write_text
 
 BASELINE_FORMAT = "mtl-bench-baseline"
@@ -60,27 +61,20 @@ SPEED_RATIO = f"speed_vs_{REFERENCE_STRATEGY}"
 SAMPLES_PER_S = "samples_per_s"
 RUNS_OK = "runs_ok"
 
-#: Config keys that describe where a run ran, not what it computed.
+#: Config keys that say where a run ran, not what it computed (placement changes speed only).
 PLACEMENT_KEYS = ("device", "threads")
-#: RunConfig fields that are part of a run's *settings* (its key) rather than its config; the
-#: values listed here are RunConfig's defaults and are left out of the label.
-SETTING_DEFAULTS = {"architecture": "shared", "sampling": "proportional"}
+#: Config keys that change neither results nor timed throughput (diagnostics run untimed).
+IGNORED_KEYS = ("diag_every",)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 # -- compact runs --------------------------------------------------------------------------------
 def pair_label(config: dict[str, Any]) -> str:
-    """``clsreg`` or ``clsreg[architecture=separate,dataset=synthetic]``: pair + its settings."""
-    parts = {**(config.get("task_options") or {})}
-    for key, default in SETTING_DEFAULTS.items():
-        value = config.get(key, default)
-        if value != default:
-            parts[key] = value
-    if not parts:
-        return str(config.get("task"))
-    inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(parts.items()))
-    return f"{config.get('task')}[{inner}]"
+    """The task pair with its settings, labelled as ``aggregate`` labels them:
+    ``clsreg``, ``clsreg [dataset=synthetic]``, ``clsreg (separate)``."""
+    return setting_label(str(config.get("task")), config.get("task_options") or {},
+                         config.get("architecture") or "shared")
 
 
 def _short(value: Any) -> str:
@@ -102,7 +96,11 @@ def compact_run(record: dict[str, Any]) -> dict[str, Any]:
     test: dict[str, float | None] = {}
     if record.get("status") == "ok":
         for row in record.get("summary") or []:
-            _, split, task, metric, value = row
+            try:
+                _, split, task, metric, value = row
+            except (TypeError, ValueError):
+                raise UserError(f"run record {record.get('run_id')}: summary rows should be "
+                                f"[epoch, split, task, metric, value], found {row!r}") from None
             if split == "test" and metric in directions:
                 test[f"{task}.{metric}"] = _finite_or_none(value)
     tp = record.get("throughput") or {}
@@ -201,6 +199,7 @@ def save_baseline(root: str | Path, name: str, doc: dict[str, Any], force: bool 
         raise UserError(f"baseline '{name}' already exists ({path}); pass --force to replace it")
     try:
         atomic_write_text(path, dump_baseline(doc))
+        path.chmod(0o644)  # a committed, shared file (the temporary file was private)
     except OSError as exc:
         raise UserError(f"cannot write baseline to '{path.parent}': {exc.strerror or exc}") \
             from exc
@@ -367,14 +366,11 @@ def min_mann_whitney_p(n1: int, n2: int) -> float:
 
 
 def ci95(values: Sequence[float]) -> tuple[float, float] | None:
-    """t-based 95% confidence interval of the mean; None for fewer than two values."""
-    from scipy.stats import t
-
+    """Student-t 95% confidence interval of the mean; None for fewer than two values."""
     if len(values) < 2:
         return None
-    v = np.asarray(values, dtype=float)
-    half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()) - half, float(v.mean()) + half
+    ci = t_interval(values, 0.95)
+    return ci.low, ci.high
 
 
 @dataclass
@@ -447,7 +443,7 @@ class Options:
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted((set(a) | set(b)) - set(PLACEMENT_KEYS))
+    keys = sorted((set(a) | set(b)) - set(PLACEMENT_KEYS) - set(IGNORED_KEYS))
     return [f"{k} {_short(a.get(k))}->{_short(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
 
 

@@ -25,8 +25,16 @@ from mtl_bench.train import RunConfig
 #: unset (``None`` removes it) and glibc's defaults apply.
 WORKER_ENVIRON: dict[str, Any] = {"MALLOC_TRIM_THRESHOLD_": None}
 
+#: How long the client tries to reach a scheduler given with --scheduler.
+CONNECT_TIMEOUT = "20s"
+
 MISSING = ("--executor dask needs the optional 'dask' extra: "
            "pip install 'mtl-bench[dask]'")
+
+
+def require_dask() -> None:
+    """Fail with the one-line message naming the extra when Dask is not installed."""
+    _import_dask()
 
 
 def _import_dask():
@@ -46,6 +54,16 @@ def dask_task(config: RunConfig, max_seconds: float | None,
 
     ensure_plugins(plugins)
     return train_run(config, max_seconds=max_seconds)
+
+
+def local_cluster(n_workers: int) -> Any:
+    """A LocalCluster of ``n_workers`` processes, one thread each, with WORKER_ENVIRON."""
+    dask, distributed = _import_dask()
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v
+                          for k, v in WORKER_ENVIRON.items()}):
+        return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                        processes=True, dashboard_address=None,
+                                        silence_logs=logging.ERROR)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -69,21 +87,17 @@ def run_on_dask(configs: Sequence[RunConfig],
     from mtl_bench.sweep import failed_record
 
     cluster = None
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v
-                          for k, v in WORKER_ENVIRON.items()}):
-        try:
-            if scheduler:
-                client = distributed.Client(scheduler, timeout="20s")
-            else:
-                cluster = distributed.LocalCluster(
-                    n_workers=max(1, min(jobs, len(configs))), threads_per_worker=1,
-                    processes=True, dashboard_address=None, silence_logs=logging.ERROR)
-                client = distributed.Client(cluster)
-        except Exception as exc:
-            if cluster is not None:
-                cluster.close()
-            where = f"the Dask scheduler at '{scheduler}'" if scheduler else "a Dask LocalCluster"
-            raise UserError(f"cannot start or reach {where}: {_one_line(exc)}") from None
+    try:
+        if scheduler:
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
+        else:
+            cluster = local_cluster(max(1, min(jobs, len(configs))))
+            client = distributed.Client(cluster)
+    except Exception as exc:
+        if cluster is not None:
+            cluster.close()
+        where = f"the Dask scheduler at '{scheduler}'" if scheduler else "a Dask LocalCluster"
+        raise UserError(f"cannot start or reach {where}: {_one_line(exc)}") from None
     futures: dict[Any, RunConfig] = {}
     try:
         for c in configs:

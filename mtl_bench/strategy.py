@@ -70,6 +70,10 @@ class TaskGradients:
         return len(self._parts)
 
     @property
+    def parts_dtype(self) -> torch.dtype:
+        return self._parts[0][0].dtype
+
+    @property
     def matrix(self) -> Tensor:
         """(T, P) flattened task gradients."""
         if self._matrix is None:
@@ -99,6 +103,8 @@ class TaskGradients:
 
     def combine_parts(self, coef: Tensor) -> list[Tensor]:
         """sum_i coef_i g_i, returned per parameter piece (shapes of the pieces)."""
+        if self._matrix is not None and len(self._parts[0]) == 1:
+            return [(coef @ self._matrix).view_as(self._parts[0][0])]
         out = [g * coef[0] for g in self._parts[0]]
         for c, row in zip(coef[1:], self._parts[1:]):
             for acc, g in zip(out, row):

@@ -11,6 +11,7 @@ memory, killed) turns that run into a failed record and a fresh worker takes its
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -162,6 +163,20 @@ def lr_grid(spec: SweepSpec, task: str) -> list[float | None]:
     return [spec.base.lr]
 
 
+def build_pair(task: str, options: dict[str, Any]) -> Any:
+    """The task pair with ``options``; an option it does not take is a UserError."""
+    cls = registry.tasks.get(task)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        valid = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+        unknown = sorted(set(options) - set(valid))
+        what = (f"has no option {', '.join(repr(u) for u in unknown)}" if unknown
+                else f"does not accept these options ({exc})")
+        raise UserError(f"task pair '{task}' {what}; its options are: "
+                        + (", ".join(valid) or "(none)")) from None
+
+
 def expand(spec: SweepSpec) -> list[RunConfig]:
     """All runs of the grid, plus single-task baselines (one per task and seed) if asked."""
     known = set(spec.tasks) | set(spec.strategies)
@@ -177,7 +192,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
         task_grid = grid(spec.assignments.get(task, {}))
         lrs = lr_grid(spec, task)
         for task_options in task_grid:
-            n_tasks = len(registry.tasks.get(task)(**task_options).tasks())
+            n_tasks = len(build_pair(task, task_options).tasks())
             for strategy in spec.strategies:
                 cls = registry.strategies.get(strategy)
                 variants = [v for params in grid(spec.assignments.get(strategy, {}))
@@ -189,7 +204,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
                                                    strategy_params=params, seed=seed, lr=lr,
                                                    task_options=task_options))
             if spec.single_task:
-                pair = registry.tasks.get(task)(**task_options)
+                pair = build_pair(task, task_options)
                 for t in pair.tasks():
                     for lr in lrs:
                         for seed in spec.seeds:
@@ -347,6 +362,7 @@ def _worker_main(conn: Any, parent_pid: int, plugins: list[tuple[str, str]]) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     try:
+        registry.load_builtins()  # once per worker, so it does not count against a run's time
         ensure_plugins(plugins)
     except UserError as exc:
         conn.send(("user_error", str(exc)))
@@ -359,6 +375,7 @@ def _worker_main(conn: Any, parent_pid: int, plugins: list[tuple[str, str]]) -> 
         if msg is None:
             return
         config, max_seconds = msg
+        conn.send(("started", None))  # the run's clock starts now, not at process start-up
         try:
             conn.send(("record", train_run(config, max_seconds=max_seconds)))
         except UserError as exc:
@@ -373,6 +390,7 @@ class _Worker:
     conn: Any
     config: RunConfig | None = None
     started: float = 0.0
+    running: bool = False
 
 
 def _death_reason(exitcode: int | None) -> str:
@@ -441,7 +459,7 @@ def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
         while True:
             for w in workers:
                 if w.config is None and queue:
-                    w.config, w.started = queue.popleft(), time.monotonic()
+                    w.config, w.started, w.running = queue.popleft(), time.monotonic(), False
                     w.conn.send((w.config, max_seconds))
             busy = [w for w in workers if w.config is not None]
             if not busy:
@@ -456,6 +474,9 @@ def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
                         kind, payload = w.conn.recv() if w.conn.poll() else (None, None)
                     except (EOFError, OSError):
                         kind, payload = None, None
+                    if kind == "started":
+                        w.started, w.running = time.monotonic(), True
+                        continue
                     if kind is None:  # the process is gone without an answer
                         w.process.join(timeout=5)
                         reason = _death_reason(w.process.exitcode)
@@ -469,7 +490,8 @@ def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
                     if kind == "error":
                         payload = failed_record(config, payload, time.monotonic() - w.started)
                     finish(config, payload)
-                elif deadline is not None and time.monotonic() - w.started > deadline:
+                elif (deadline is not None and w.running
+                      and time.monotonic() - w.started > deadline):
                     replace_worker(w)
                     finish(config, failed_record(
                         config, f"exceeded --max-run-seconds {max_seconds:g}; worker killed "

@@ -265,22 +265,41 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def task_gradients(losses: Tensor, at: Sequence[Tensor], source: str) -> TaskGradients:
-    """Each unweighted task loss's gradient at ``at`` (one autograd call per task; graph kept)."""
-    parts = []
+def task_gradients(losses: Tensor, at: Sequence[Tensor], source: str,
+                   extra: Sequence[Tensor] = ()) -> tuple[TaskGradients, list[list[Tensor | None]]]:
+    """Each unweighted task loss's gradient at ``at`` (one autograd call per task; graph kept).
+
+    The same call also returns each task's gradient at ``extra`` (None where a tensor does not
+    depend on that task), so head gradients come without another backward pass.
+    """
+    parts, extras = [], []
+    n = len(at)
     for i in range(len(losses)):
-        g = torch.autograd.grad(losses[i], at, retain_graph=True, allow_unused=True)
-        parts.append([gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, at)])
-    return TaskGradients(parts, source)
+        g = torch.autograd.grad(losses[i], [*at, *extra], retain_graph=True, allow_unused=True)
+        parts.append([gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g[:n], at)])
+        extras.append(list(g[n:]))
+    return TaskGradients(parts, source), extras
 
 
-def _write_grads(params: Sequence[Tensor], flat: Tensor) -> None:
-    offset = 0
+def _sum_pieces(coef: Tensor | None, pieces: list[list[Tensor | None]]) -> list[Tensor | None]:
+    """sum_i coef_i pieces[i][k] for every k, skipping pieces that are None."""
+    out: list[Tensor | None] = [None] * len(pieces[0])
+    for i, row in enumerate(pieces):
+        for k, g in enumerate(row):
+            if g is None:
+                continue
+            term = g if coef is None else g * coef[i]
+            out[k] = term if out[k] is None else out[k].add_(term)
+    return out
+
+
+def _split_like(flat: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+    """Cut a flat vector into views shaped like ``params``."""
+    out, offset = [], 0
     for p in params:
-        n = p.numel()
-        g = flat[offset:offset + n].view_as(p)
-        p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-        offset += n
+        out.append(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return out
 
 
 def _cosines(matrix: Tensor, update: Tensor | None) -> dict[str, Any]:
@@ -350,10 +369,14 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
 
     grads = None
     at: list[Tensor] = []
+    heads: list[Tensor] = []
+    head_grads: list[list[Tensor | None]] = []
     if source is not None:
         at = {"last": model.last_shared_parameters, "shared": model.shared_parameters,
               "rep": lambda: head_in}[source]()
-        grads = task_gradients(losses, at, source)
+        # with these sources the heads' gradients come out of the same per-task calls
+        heads = model.head_parameters() if source in ("shared", "rep") else []
+        grads, head_grads = task_gradients(losses, at, source, heads)
     update = strategy.combine(losses, grads)
     sync()
     t2 = time.perf_counter()
@@ -363,40 +386,45 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
         if grads is not None and grads.source in ("shared", "rep"):
             diag_grads = grads
         elif model.shared_parameters():
-            diag_grads = task_gradients(losses, model.shared_parameters(), "shared")
+            diag_grads = task_gradients(losses, model.shared_parameters(), "shared")[0]
     t2b = time.perf_counter()
 
     optimizer.zero_grad(set_to_none=True)
     if strategy_optimizer is not None:
         strategy_optimizer.zero_grad(set_to_none=True)
     applied = None
-    if update.loss is not None and grads is not None and source != "rep":
-        # The loss reaches the model only through `losses`, so by the chain rule the gradient
-        # at the source parameters is c @ G with c = d loss / d losses: reuse the task gradients
-        # instead of computing them a second time in the backward pass.
-        held = {id(p) for p in at}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in held]
-        rest += [p for p in strategy.parameters() if p.requires_grad]
-        losses.retain_grad()
-        torch.autograd.backward(update.loss, inputs=[*rest, losses])
-        for p, g in zip(at, grads.combine_parts(losses.grad)):
-            p.grad = g
-    elif update.loss is not None:
-        update.loss.backward()
-        if source == "rep":
-            torch.autograd.backward(reps, [h.grad for h in head_in])
-    else:
-        if grads is None:
+    if grads is None:
+        if update.loss is None:
             raise RuntimeError(f"strategy '{strategy}' returned no loss and asked for no gradients")
-        applied = update.direction
-        if applied is None:
-            applied = update.weights.to(grads.matrix.dtype) @ grads.matrix
-        # heads: each task's own unweighted gradient (Sener & Koltun 2018)
-        torch.autograd.backward(losses.sum(), inputs=model.head_parameters())
-        if source == "rep":
-            torch.autograd.backward(reps[0], applied.view_as(reps[0]))
+        update.loss.backward()
+    else:
+        coef = None
+        if update.loss is not None:
+            # The loss reaches the model only through `losses`, so by the chain rule the gradient
+            # at the source is c @ G with c = d loss / d losses: the task gradients are reused
+            # instead of being computed a second time by a full backward pass.
+            held = {id(p) for p in (*at, *heads)}
+            rest = [] if source == "rep" else [
+                p for p in model.parameters() if p.requires_grad and id(p) not in held]
+            rest += [p for p in strategy.parameters() if p.requires_grad]
+            losses.retain_grad()
+            torch.autograd.backward(update.loss, inputs=[*rest, losses])
+            coef = losses.grad.to(grads.parts_dtype)
+            pieces = grads.combine_parts(coef)
         else:
-            _write_grads(model.shared_parameters(), applied)
+            # gradient manipulation: heads get their own task's unweighted gradient
+            # (Sener & Koltun 2018); the shared update is `direction` or weights @ G
+            applied = update.direction
+            if applied is None:
+                applied = update.weights.to(grads.parts_dtype) @ grads.matrix
+            pieces = _split_like(applied, at) if source != "rep" else [applied]
+        for p, g in zip(heads, _sum_pieces(coef, head_grads) if heads else []):
+            p.grad = g
+        if source == "rep":
+            torch.autograd.backward(reps[0], pieces[0].view_as(reps[0]))
+        else:
+            for p, g in zip(at, pieces):
+                p.grad = g
     sync()
     t3 = time.perf_counter()
 

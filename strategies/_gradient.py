@@ -10,8 +10,6 @@ so the harness applies alpha @ G and logs alpha as the task weights.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -27,8 +25,8 @@ class GradientStrategy(Strategy):
     """Base of the gradient-manipulation strategies: ``source`` handling and the Gram fetch.
 
     Subclasses implement :meth:`weights_from_gram`, which maps the (T, T) float64 Gram matrix
-    (and the detached (T,) losses, for the few methods that use them) to the (T,) coefficients alpha
-    of the applied update alpha @ G.
+    (and the detached (T,) losses, for the few methods that use them) to the (T,) coefficients
+    alpha of the applied update alpha @ G.
     """
 
     family = "gradient manipulation"
@@ -56,12 +54,11 @@ class GradientStrategy(Strategy):
         return Update(weights=torch.as_tensor(alpha, dtype=losses.dtype, device=losses.device))
 
 
-
 class RandomOrderStrategy(GradientStrategy):
     """A gradient strategy that visits the other tasks in random order (PCGrad, GradVac).
 
-    The orders come from the seeded generator, whose state is saved in ``state_dict`` so that a
-    resumed run draws the same orders as an uninterrupted one.
+    The orders come from the seeded generator, whose state the base class saves in
+    ``state_dict``: a resumed run draws the same orders as an uninterrupted one.
     """
 
     def task_orders(self, n_tasks: int) -> list[list[int]]:
@@ -75,13 +72,6 @@ class RandomOrderStrategy(GradientStrategy):
                                                             generator=self.generator).tolist()]
             orders.append(others)
         return orders
-
-    # The generator is not a tensor; nn.Module saves it only through these two hooks.
-    def get_extra_state(self) -> Any:
-        return {"generator": self.generator.get_state()}
-
-    def set_extra_state(self, state: Any) -> None:
-        self.generator.set_state(state["generator"])
 
 
 def check_int(name: str, value: object, minimum: int) -> None:
@@ -144,7 +134,7 @@ def min_norm_simplex(gram: np.ndarray, max_iter: int = 250, tol: float = 1e-5) -
         else:  # away from e_v
             direction = alpha.copy()
             direction[v] -= 1.0
-            gap, step_max = gap_away, float(alpha[v] / (1.0 - alpha[v]))
+            gap, step_max = gap_away, float(alpha[v]) / max(1.0 - float(alpha[v]), 1e-300)
             curvature = norm2 - 2.0 * float(m_alpha[v]) + float(gram[v, v])
         step = step_max if curvature <= 0 else min(step_max, gap / curvature)
         alpha = alpha + step * direction

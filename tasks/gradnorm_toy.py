@@ -1,4 +1,4 @@
-"""The synthetic regression tasks of GradNorm's toy experiment (Chen et al., ICML 2018, sec. 5.1)."""
+"""The synthetic regression tasks of GradNorm's toy experiment (Chen et al., ICML 2018)."""
 
 from __future__ import annotations
 

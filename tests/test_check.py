@@ -391,13 +391,11 @@ def test_factor_patterns_last_match_wins():
     assert f.for_row("clsreg", "fixed", "species.accuracy") == 0.1
 
 
-def test_setting_defaults_are_runconfigs():
-    cfg = RunConfig()
-    assert all(getattr(cfg, k) == v for k, v in check.SETTING_DEFAULTS.items())
+def test_pair_label_carries_the_settings():
+    assert pair_label(RunConfig().to_dict()) == "clsreg"
     assert pair_label(RunConfig(task_options={"dataset": "synthetic"}).to_dict()) == \
-        "clsreg[dataset=synthetic]"
-    assert pair_label(RunConfig(architecture="separate").to_dict()) == \
-        "clsreg[architecture=separate]"
+        "clsreg [dataset=synthetic]"
+    assert pair_label(RunConfig(architecture="separate").to_dict()) == "clsreg (separate)"
 
 
 # -- end to end: a broken strategy, trained for real, fails the gate -----------------------------

@@ -1,6 +1,7 @@
 """Task pairs: data loading, generator knobs, bad input, formulations and short runs."""
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -388,3 +389,19 @@ def test_frame_pair_errors_name_the_pair():
     with pytest.raises(UserError, match="task pair 'test-frame': loading its data frame failed: "
                                         "FileNotFoundError: orders.csv"):
         cls().load(0)
+
+
+def test_the_documented_plugin_example_runs(tmp_path):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text()
+    block = doc.split("<!-- plugin-example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "my_pair.py"
+    path.write_text(block)
+    try:
+        registry.load_plugin_file(path)
+        pair = build_task_pair("my-pair", {})
+        assert [t.name for t in pair.tasks()] == ["sex", "body_mass_g"]
+        assert pair.load(0).info["rows_dropped_missing"] == 11  # rows without sex or sizes
+        rec = train_run(RunConfig(task="my-pair", strategy="fixed", epochs=2))
+        assert rec["status"] == "ok", rec.get("reason")
+    finally:
+        registry.tasks.unregister("my-pair")

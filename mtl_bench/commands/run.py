@@ -203,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
               f"(records in {store.root}/)")
         return 0
 
+    if executor == "dask":
+        from mtl_bench.dask_executor import require_dask
+
+        require_dask()
     check_writable(store)
     for c, st in planned:
         if st == "corrupt":
