@@ -1025,8 +1025,8 @@ def significance_display(tables: Tables, label: str, include_front: bool = False
 
 def throughput_display(tables: Tables, label: str) -> Display | None:
     tp = tables["throughput"][tables["throughput"][SETTING] == label]
-    tp = tp[tp[ROLE].isin(RANKED_ROLES)]
-    if tp.empty:
+    tp = tp[tp[ROLE].isin(RANKED_ROLES) & (tp["n"] > 0)]
+    if tp.empty:  # no timed runs (all failed, or records without throughput)
         return None
     method = tables.meta["ci"]["method"]
     meta = tables.setting(label)
@@ -1051,7 +1051,7 @@ def throughput_display(tables: Tables, label: str) -> Display | None:
         if np.isfinite(vals).any():
             best = np.nanmax(vals) if better_high else np.nanmin(vals)
             bold[col] = np.isclose(vals, best)
-    devices = ", ".join(sorted({d for d in tp["device"].astype(str) if d and d != "nan"}))
+    devices = ", ".join(sorted({d for d in tp["device"] if isinstance(d, str) and d}))
     note = (f"Mean over runs on {devices or 'unknown device'}; the step-time ratio compares with "
             "the reference measured on the same machine, device and thread count. Peak memory "
             "is the process's peak resident set on CPU, allocated device memory on CUDA.")

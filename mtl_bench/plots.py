@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,14 @@ def _legend(fig: Figure, axes: Sequence, title: str | None = None) -> None:
                    frameon=False)
 
 
+def _title(fig: Figure, text: str) -> None:
+    """Figure title wrapped to the figure's width (setting labels with options get long)."""
+    # about 7 characters per inch keeps a centred title clear of the legend on the right
+    width = max(40, int(fig.get_figwidth() * 7))
+    lines = [w for line in text.split("\n") for w in textwrap.wrap(line, width)]
+    fig.suptitle("\n".join(lines))
+
+
 def direction_text(higher_is_better: bool | None) -> str:
     if higher_is_better is None:
         return ""
@@ -153,7 +162,7 @@ def learning_curves(curves: pd.DataFrame, setting: str, task: str, metric: str,
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"{setting}: learning curves of {task} "
+    _title(fig, f"{setting}: learning curves of {task} "
                  f"(mean and {level:.0%} CI over seeds)")
     _legend(fig, (ax_loss, ax_val), "strategy")
     return fig
@@ -177,7 +186,7 @@ def weight_trajectories(weights: pd.DataFrame, setting: str, tasks: Sequence[str
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("task weight (mean over the epoch's steps)")
-    fig.suptitle(f"{setting}: task-weight trajectories (mean and {level:.0%} CI over seeds)")
+    _title(fig, f"{setting}: task-weight trajectories (mean and {level:.0%} CI over seeds)")
     _legend(fig, axes, "strategy")
     return fig
 
@@ -211,8 +220,8 @@ def pareto(points: pd.DataFrame, setting: str, axes_labels: tuple[str, str],
     ax.set_xlabel(axes_labels[0])
     ax.set_ylabel(axes_labels[1])
     ax.grid(alpha=0.3)
-    ax.set_title(f"{setting}: test metrics, mean and {level:.0%} CI over seeds\n"
-                 "w_A: share of the total weight on the first task")
+    _title(fig, f"{setting}: test metrics, mean and {level:.0%} CI over seeds\n"
+                "w_A: share of the total weight on the first task")
     _legend(fig, [ax])
     return fig
 
@@ -258,7 +267,7 @@ def throughput_bars(tp: pd.DataFrame, setting: str, reference: str | None,
     ax_ms.set_title("step time by phase")
     for ax in (ax_sps, ax_ms):
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{setting}: throughput")
+    _title(fig, f"{setting}: throughput")
     _legend(fig, [ax_ms], "phase")
     return fig
 
@@ -283,7 +292,7 @@ def gradient_cosine(diag: pd.DataFrame, setting: str, styles: dict[str, Style],
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("cosine of task gradients (unitless; < 0: conflict)")
     where = " and ".join(sources) if sources else "shared"
-    fig.suptitle(f"{setting}: task-gradient cosine at the {where} gradient source\n"
+    _title(fig, f"{setting}: task-gradient cosine at the {where} gradient source\n"
                  f"(mean and {level:.0%} CI over seeds)")
     _legend(fig, axes, "strategy")
     return fig
@@ -308,9 +317,8 @@ def calibration(panels: Sequence[tuple[str, pd.DataFrame, str]], task: str,
             st = styles.get(lb, Style(FRONT_COLOUR, "o", "-"))
             ax.plot(df["mean_conf"], df["accuracy"], color=st.color, marker=st.marker,
                     linestyle=st.linestyle, label=lb, markersize=4)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("mean confidence in bin (probability)")
         ax.set_ylabel("accuracy in bin (fraction)")
         ax.set_title(f"{name}: reliability")
@@ -326,18 +334,21 @@ def calibration(panels: Sequence[tuple[str, pd.DataFrame, str]], task: str,
         mat[cm["row"].astype(int), cm["col"].astype(int)] = cm["count"]
         with np.errstate(invalid="ignore", divide="ignore"):
             norm = mat / mat.sum(axis=1, keepdims=True)
-        im = ax.imshow(np.nan_to_num(norm), cmap="cividis", vmin=0, vmax=1)
+        ax.imshow(np.nan_to_num(norm), cmap="cividis", vmin=0, vmax=1)
         if size <= 12:
             for i in range(size):
                 for j in range(size):
                     ax.text(j, i, f"{norm[i, j]:.2f}" if np.isfinite(norm[i, j]) else "-",
                             ha="center", va="center", fontsize=7,
                             color="white" if np.nan_to_num(norm[i, j]) < 0.6 else "black")
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
+        ax.set_xticks(range(size))
+        ax.set_yticks(range(size))
+        ax.set_xlabel("predicted class (index)")
+        ax.set_ylabel("true class (index)")
         ax.set_title(f"{name}: confusion of {confusion_of} (row share)")
-        fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class")
-    fig.suptitle(title)
+    if images := [im for ax in grid[1] for im in ax.images]:
+        fig.colorbar(images[0], ax=list(grid[1]), shrink=0.8, label="share of the true class")
+    _title(fig, title)
     _legend(fig, list(grid[0]), "strategy")
     return fig
 

@@ -231,7 +231,7 @@ def _names(items: Sequence[str]) -> str:
 
 
 def _comparison_line(tables: Tables, s: dict) -> str:
-    label = s["label"]
+    label, method = s["label"], tables.meta["ci"]["method"]
     rk = tables["ranks"][tables["ranks"][SETTING] == label].dropna(subset=["mean_rank"])
     parts = []
     if not rk.empty:
@@ -245,7 +245,7 @@ def _comparison_line(tables: Tables, s: dict) -> str:
         best = dm.sort_values(["mean", STRATEGY]).iloc[0]
         beats = dm[dm["ci_high"] < 0][STRATEGY].tolist()
         parts.append(f"the lowest Δm% is {best[STRATEGY]}'s "
-                     f"({fmt_ci(best['mean'], best['ci_low'], best['ci_high'], 't')}%); "
+                     f"({fmt_ci(best['mean'], best['ci_low'], best['ci_high'], method)}%); "
                      f"better than single-task with the whole CI below 0: {_names(beats)}")
     elif any("Δm%" in n for n in s["notes"]):
         parts.append("Δm% is absent because there are no usable single-task runs")
@@ -440,8 +440,10 @@ def render_markdown(rep: Report) -> str:
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
        max-width: 1300px; padding: 0 1rem; color: #222; line-height: 1.45; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.88rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
+td { white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 tbody tr:nth-child(even) { background: #fafafa; }
@@ -487,8 +489,8 @@ def _html_table(d: Display) -> str:
                          else f"<td>{v}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     note = f'<p class="note">{html.escape(d.note)}</p>' if d.note else ""
-    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            + note)
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>" + note)
 
 
 @dataclass

@@ -364,7 +364,7 @@ class GradNormToy(Reproduction):
     name = "gradnorm-toy"
     title = "GradNorm's toy regression tasks (Chen et al., ICML 2018, section 5.1)"
     default_seeds = 3
-    default_epochs = 10
+    default_epochs = 20
 
     def configs(self, seeds: Sequence[int], epochs: int) -> list[RunConfig]:
         spec = SweepSpec(["gradnorm-toy"], [n for n, _ in TOY_STRATEGIES], list(seeds),
@@ -695,7 +695,7 @@ class MultiDigits(Reproduction):
     title = ("MultiMNIST on scikit-learn digits (Sener & Koltun, NeurIPS 2018, "
              "\"Multi-Task Learning as Multi-Objective Optimization\")")
     default_seeds = 3
-    default_epochs = 20
+    default_epochs = 15
 
     @staticmethod
     def strategies() -> list[str]:

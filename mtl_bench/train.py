@@ -173,12 +173,22 @@ def machine_fingerprint() -> str:
 
 
 def source_hash(obj: Any) -> str:
-    """Hash of the source of the module that defines ``obj`` (comparability of results)."""
-    try:
-        src = inspect.getsource(sys.modules[obj.__module__])
-    except (OSError, TypeError, KeyError):
+    """Hash of the source of the module that defines ``obj`` and of the private helper modules
+    of its package it uses (``strategies/_gradient.py`` for example): comparability of results."""
+    module = sys.modules.get(getattr(obj, "__module__", ""))
+    if module is None:
         return "unknown"
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
+    package = module.__name__.rpartition(".")[0]
+    used = {getattr(v, "__module__", None) for v in vars(module).values()}
+    used |= {v.__name__ for v in vars(module).values() if inspect.ismodule(v)}
+    helpers = sorted(m for m in used if m and package and m.startswith(package + "._"))
+    h = hashlib.sha256()
+    for name in [module.__name__, *helpers]:
+        try:
+            h.update(inspect.getsource(sys.modules[name]).encode())
+        except (OSError, TypeError, KeyError):
+            return "unknown"
+    return h.hexdigest()[:16]
 
 
 def provenance(device: torch.device, threads: int) -> dict[str, Any]:

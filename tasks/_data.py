@@ -92,9 +92,10 @@ def diabetes_age_class(age: np.ndarray) -> np.ndarray:
 
 class Teacher:
     """A random two-layer teacher that ties a classification and a regression target to the
-    same hidden features: z = tanh(2 x A), class = argmax(z C), y = scale (z b / 4 + noise eps),
-    x ~ N(0, I). A, C, b depend on ``seed`` alone, so samples of any size drawn from it (with
-    their own seeds) pose the same problem."""
+    same hidden features: z = tanh(2 x A), class = argmax(z C), y = scale (z b + noise eps),
+    with x ~ N(0, I), A ~ N(0, 1 / n_features), C ~ N(0, 1), b ~ N(0, 1 / width). A, C, b depend
+    on ``seed`` alone, so samples of any size drawn from it (with their own seeds) pose the
+    same problem."""
 
     def __init__(self, n_features: int, n_classes: int, seed: int = 1234, width: int = 16):
         rng = np.random.default_rng(seed)

@@ -17,8 +17,8 @@ standard deviation when ``noise = 1``) is
   age_imbalance^(-k / (K - 1)), so the most frequent class is ``age_imbalance`` times as
   frequent as the least; sex is female (0) with probability ``female_fraction``.
 
-Everything is drawn from ``seed`` (fixed, not the run seed): every run sees the same cohort and
-only the train / val / test split changes with the run seed. The leading underscore keeps the
+Everything is drawn from ``cohort_seed`` (fixed, not the run seed): every run sees the same cohort
+and only the train / val / test split changes with the run seed. The leading underscore keeps the
 registry from importing this module as a task pair.
 """
 
@@ -49,7 +49,7 @@ class GenomicSpec:
     batch_effect: float = 0.5
     age_imbalance: float = 1.0
     female_fraction: float = 0.5
-    seed: int = 1234
+    cohort_seed: int = 1234
 
     def __post_init__(self) -> None:
         def integer(v: Any) -> bool:
@@ -82,8 +82,8 @@ class GenomicSpec:
                     "a float >= 1 (1: balanced classes)", self.age_imbalance)
         check_param(number(self.female_fraction) and 0 < self.female_fraction < 1,
                     "female_fraction", "a float strictly between 0 and 1", self.female_fraction)
-        check_param(integer(self.seed) and self.seed >= 0, "seed", "a non-negative integer",
-                    self.seed)
+        check_param(integer(self.cohort_seed) and self.cohort_seed >= 0, "cohort_seed",
+                    "a non-negative integer", self.cohort_seed)
 
     def options(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +123,7 @@ class GenomicCohort:
 
 def generate(spec: GenomicSpec) -> GenomicCohort:
     """Draw the cohort described in the module docstring."""
-    rng = np.random.default_rng(spec.seed)
+    rng = np.random.default_rng(spec.cohort_seed)
     n, g, k = spec.n_samples, spec.n_genes, spec.n_age_classes
     freq = spec.age_imbalance ** (-np.arange(k) / (k - 1))
     age_class = rng.choice(k, size=n, p=freq / freq.sum())

@@ -30,21 +30,30 @@ def default_sigmas(n_tasks: int) -> tuple[float, ...]:
     return tuple(float(v) for v in np.geomspace(1.0, 100.0, n_tasks))
 
 
+def teacher(n_tasks: int, data_seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The constant matrices: B (100, 250) with N(0, 10) entries and one eps_i (100, 250) with
+    N(0, 3.5) entries per task (variances). B and the eps come from independent streams of
+    ``data_seed``, so B does not depend on the number of tasks and eps_i of task i is the same
+    for two and for ten tasks."""
+    teacher_seq, eps_seq, _ = np.random.SeedSequence(data_seed).spawn(3)
+    b = np.random.default_rng(teacher_seq).normal(0.0, np.sqrt(B_VARIANCE),
+                                                  (OUTPUT_DIM, INPUT_DIM))
+    eps_rng = np.random.default_rng(eps_seq)
+    eps = [eps_rng.normal(0.0, np.sqrt(EPS_VARIANCE), (OUTPUT_DIM, INPUT_DIM))
+           for _ in range(n_tasks)]
+    return b, eps
+
+
 def toy_arrays(n_samples: int, sigmas: Sequence[float], data_seed: int = 0
                ) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any]]:
     """Inputs x (n, 250) and one (n, 100) target per task: y_i = sigma_i tanh((B + eps_i) x).
 
-    The teacher (B, every eps_i) and the inputs come from three independent streams of
-    ``data_seed``, so B and x do not change with the number of tasks or samples and eps_i does
-    not change with the number of tasks (task 1 of the ten-task problem has the same eps as task
-    1 of the two-task one). Entries: B ~ N(0, 10), eps_i ~ N(0, 3.5) (variances), x ~ N(0, 1/250)
-    so that E||x||^2 = 1 (see :class:`GradNormToy` for why).
+    Everything comes from ``data_seed`` (see :func:`teacher`); the inputs from a third stream,
+    so they do not change with the number of tasks. x ~ N(0, I / 250), i.e. E||x||^2 = 1 (see
+    :class:`GradNormToy` for why).
     """
-    teacher_seq, eps_seq, x_seq = np.random.SeedSequence(data_seed).spawn(3)
-    b = np.random.default_rng(teacher_seq).normal(0.0, np.sqrt(B_VARIANCE),
-                                                  (OUTPUT_DIM, INPUT_DIM))
-    eps_rng = np.random.default_rng(eps_seq)
-    eps = [eps_rng.normal(0.0, np.sqrt(EPS_VARIANCE), (OUTPUT_DIM, INPUT_DIM)) for _ in sigmas]
+    b, eps = teacher(len(sigmas), data_seed)
+    x_seq = np.random.SeedSequence(data_seed).spawn(3)[2]
     x = np.random.default_rng(x_seq).normal(0.0, 1.0 / np.sqrt(INPUT_DIM), (n_samples, INPUT_DIM))
     ys = [s * np.tanh(x @ (b + e).T) for s, e in zip(sigmas, eps)]
     info = {"sigmas": [float(s) for s in sigmas], "data_seed": data_seed,
@@ -93,13 +102,13 @@ class GradNormToy(TaskPair):
     """
 
     description = "GradNorm's toy: T tanh regressions with output scales sigma_i (1 vs 100)"
-    epochs = 30
+    epochs = 20
     batch_size = 100
     lr = 1e-3
     hidden = (100, 100, 100, 100)
 
     def __init__(self, n_tasks: int = 2, sigmas: Sequence[float] | None = None,
-                 n_samples: int = 5000, data_seed: int = 0):
+                 n_samples: int = 10000, data_seed: int = 0):
         check_param(n_tasks in N_TASKS and not isinstance(n_tasks, bool), "n_tasks", "2 or 10",
                     n_tasks)
         if sigmas is not None:

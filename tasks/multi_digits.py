@@ -47,9 +47,12 @@ def partners(n: int, rng: np.random.Generator) -> np.ndarray:
     if n < 2:
         raise ValueError("pairing needs at least two images")
     perm = rng.permutation(n)
-    for i in np.flatnonzero(perm == np.arange(n)):
-        j = (i + 1) % n  # swapping with any other slot removes the fixed point at i
-        perm[i], perm[j] = perm[j], perm[i]
+    for i in range(n):
+        if perm[i] == i:
+            # swapping with the next slot leaves neither slot fixed (perm[j] != i, i != j), and
+            # the wrap-around at the end cannot fix slot 0 again (perm[0] becomes n - 1)
+            j = (i + 1) % n
+            perm[i], perm[j] = perm[j], perm[i]
     return perm
 
 
@@ -140,9 +143,9 @@ class MultiDigits(TaskPair):
     """
 
     description = "left / right digit of two overlapping 8x8 digits (small MultiMNIST)"
-    epochs = 20
-    batch_size = 64
-    lr = 1e-3
+    epochs = 15
+    batch_size = 128
+    lr = 3e-3
     hidden = (50,)
 
     def __init__(self, pairs_per_image: int = 2, overlap: int = 4, construction_seed: int = 0):

@@ -11,11 +11,10 @@ import torch
 from scipy import stats as sps
 
 from mtl_bench import aggregate as agg
-from mtl_bench import stats
+from mtl_bench import registry, stats
 from mtl_bench.cli import main
 from mtl_bench.errors import UserError
 from mtl_bench.store import RunStore
-from mtl_bench.strategies.fixed import Fixed
 from mtl_bench.train import RunConfig, train_run
 
 SEEDS = (0, 1, 2)
@@ -27,11 +26,12 @@ def real_records():
     single-task baselines, 3 seeds x 2 epochs (a few seconds in all)."""
     torch.set_num_threads(1)
     configs = []
+    sweep = registry.strategies.get("fixed").variants({"sweep": 3}, 2)
     for seed in SEEDS:
         configs += [RunConfig(strategy=s, seed=seed, epochs=2)
                     for s in ("fixed", "uncertainty", "dwa")]
         configs += [RunConfig(strategy="fixed", strategy_params=p, seed=seed, epochs=2)
-                    for p in Fixed.variants({"sweep": 3}, 2)]
+                    for p in sweep]
         configs += [RunConfig(strategy="fixed", seed=seed, epochs=2, single_task=t)
                     for t in ("species", "body_mass")]
     records = [train_run(c) for c in configs]
@@ -60,7 +60,7 @@ def _test_values(records, label, task, metric, single_task=None):
     for r in records:
         if r["strategy"] != label or r["config"].get("single_task") != single_task:
             continue
-        for epoch, split, t, m, v in r["summary"]:
+        for _epoch, split, t, m, v in r["summary"]:
             if split == "test" and t == task and m == metric:
                 out[r["seed"]] = v
     return out

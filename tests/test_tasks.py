@@ -20,6 +20,7 @@ from mtl_bench.task import (
     bce_onehot_loss,
     check_labels,
     frame_task_pair,
+    make_separate_splits,
     make_splits,
     sigmoid_proba,
 )
@@ -167,7 +168,7 @@ def test_imbalance_batch_effect_and_sex_ratio_knobs():
 def test_generator_is_fixed_by_its_seed():
     a, b = generate(GenomicSpec(n_samples=100)), generate(GenomicSpec(n_samples=100))
     assert np.array_equal(a.x, b.x) and np.array_equal(a.age, b.age)
-    assert not np.array_equal(a.x, generate(GenomicSpec(n_samples=100, seed=5)).x)
+    assert not np.array_equal(a.x, generate(GenomicSpec(n_samples=100, cohort_seed=5)).x)
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -213,6 +214,12 @@ def test_empty_split_and_labels_out_of_range():
         make_splits(np.zeros((0, 1)), [np.zeros(0)], [REGRESSION], 0, pair="p")
     with pytest.raises(UserError, match="labels of task 'sex' fall outside 0..1 .found 0..2"):
         check_labels("p", "sex", np.array([0, 2]), 2)
+    xs, ys = [np.zeros((50, 2)), np.zeros((2, 2))], [np.zeros(50), np.zeros(2)]
+    with pytest.raises(UserError, match="task pair 'p': the val split of task 'b' is empty"):
+        make_separate_splits(xs, ys, [REGRESSION] * 2, 0, pair="p", task_names=["a", "b"])
+    with pytest.raises(UserError, match="task pair 'p': the per-task inputs differ in width"):
+        make_separate_splits([np.zeros((50, 2)), np.zeros((50, 3))], [np.zeros(50)] * 2,
+                             [REGRESSION] * 2, 0, pair="p")
 
 
 # -- the two formulations ----------------------------------------------------------------------

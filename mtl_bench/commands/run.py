@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                      lrs=lrs if lrs and len(lrs) > 1 else None, lr_factors=lr_factors)
     configs = expand(spec)
     validate_all(configs)
-    with_lr = len({c.resolved().lr for c in configs}) > 1
+    with_lr = spec.lrs is not None or spec.lr_factors is not None  # an lr grid: show the lr
     store = RunStore(args.runs_dir)
     planned = plan(configs, store)
     todo = [c for c, st in planned if needs_run(st, args.retry_failed)]

@@ -1,0 +1,296 @@
+"""Task pairs of the reproductions (gradnorm-toy, multi-digits) and the reproduce module."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mtl_bench.tasks.gradnorm_toy import GradNormToy, teacher, toy_arrays
+from mtl_bench.tasks.multi_digits import (
+    MultiDigits,
+    composite_arrays,
+    load_digit_images,
+    overlay,
+    pair_indices,
+    partners,
+)
+from scipy import integrate
+from scipy import stats as scipy_stats
+
+from mtl_bench import reproduce
+from mtl_bench.errors import UserError
+from mtl_bench.reproduce import (
+    NOT_REPRODUCED,
+    PARTLY,
+    REPRODUCED,
+    Context,
+    verdict_all_seeds,
+    verdict_gap,
+    write_section,
+)
+from mtl_bench.task import mse_loss
+from mtl_bench.train import RunConfig, train_run
+
+
+# -- gradnorm-toy ------------------------------------------------------------------------------
+def test_toy_shapes_and_target_scales():
+    x, ys, info = toy_arrays(2000, (1.0, 100.0))
+    assert x.shape == (2000, 250)
+    assert [y.shape for y in ys] == [(2000, 100), (2000, 100)]
+    # |sigma tanh(.)| <= sigma
+    assert np.abs(ys[0]).max() <= 1.0 and np.abs(ys[1]).max() <= 100.0
+    # Golden value from the generating equations, not from the code: with E||x||^2 = 1 and
+    # entry variances 10 + 3.5, each pre-activation is ~ N(0, 13.5), so the target's RMS is
+    # sigma * sqrt(E[tanh(Z)^2]), Z ~ N(0, 13.5), integrated numerically here.
+    e_tanh2 = integrate.quad(lambda z: np.tanh(z) ** 2 * scipy_stats.norm.pdf(z, scale=13.5 ** 0.5),
+                             -60, 60)[0]
+    for sigma, rms in zip((1.0, 100.0), info["target_rms"]):
+        assert rms == pytest.approx(sigma * math.sqrt(e_tanh2), rel=0.03)
+    assert info["target_rms"][1] / info["target_rms"][0] == pytest.approx(100, rel=0.03)
+
+
+def test_toy_teacher_reads_the_paper_as_variances():
+    b, eps = teacher(2)
+    assert b.shape == (100, 250) and eps[0].shape == (100, 250)
+    assert b.var() == pytest.approx(10.0, rel=0.05)
+    assert np.concatenate(eps).var() == pytest.approx(3.5, rel=0.05)
+    assert b.mean() == pytest.approx(0.0, abs=0.05)
+
+
+def test_toy_construction_is_deterministic_and_independent_of_the_run_seed():
+    x1, ys1, _ = toy_arrays(300, (1.0, 100.0))
+    x2, ys2, _ = toy_arrays(300, (1.0, 100.0))
+    assert np.array_equal(x1, x2) and all(np.array_equal(a, b) for a, b in zip(ys1, ys2))
+    # task i's teacher and the inputs do not change with the number of tasks
+    x10, ys10, _ = toy_arrays(300, [1.0, 100.0] + [5.0] * 8)
+    assert np.array_equal(x1, x10) and np.array_equal(ys1[1], ys10[1])
+    # another data seed is another problem
+    x3, _, _ = toy_arrays(300, (1.0, 100.0), data_seed=1)
+    assert not np.array_equal(x1, x3)
+
+    pair = GradNormToy(n_samples=300)
+    a, b = pair.load(0), pair.load(1)
+    assert a.info["split_sha"] != b.info["split_sha"]  # the run seed changes the split only
+
+    def all_rows(data, task):
+        rows = torch.cat([s.targets[task] for s in (data.train, data.val, data.test)]).numpy()
+        return rows[np.lexsort(rows.T[::-1])]
+
+    for task in (0, 1):
+        # the same 300 target rows, only dealt to other splits
+        assert np.array_equal(all_rows(a, task), all_rows(b, task))
+        generated = ys1[task].astype(np.float32)
+        np.testing.assert_array_equal(all_rows(a, task),
+                                      generated[np.lexsort(generated.T[::-1])])
+
+
+def test_toy_targets_keep_their_scale():
+    data = GradNormToy(n_samples=300).load(0)
+    assert data.target_stats == ((0.0, 1.0), (0.0, 1.0))
+    rms = [float(t.pow(2).mean().sqrt()) for t in data.train.targets]
+    assert rms[1] / rms[0] == pytest.approx(100, rel=0.1)
+    assert [t.shape[1] for t in data.train.targets] == [100, 100]
+
+
+def test_toy_ten_tasks_and_option_errors():
+    pair = GradNormToy(n_tasks=10)
+    assert len(pair.tasks()) == 10
+    assert pair.sigmas[0] == 1.0 and pair.sigmas[-1] == pytest.approx(100.0)
+    assert all(b > a for a, b in zip(pair.sigmas, pair.sigmas[1:]))
+    with pytest.raises(UserError, match=r"Parameter `n_tasks` should be 2 or 10\. Found"):
+        GradNormToy(n_tasks=3)
+    with pytest.raises(UserError, match="Parameter `sigmas` should be a list of 2"):
+        GradNormToy(sigmas=[1.0])
+    with pytest.raises(UserError, match="Parameter `n_samples`"):
+        GradNormToy(n_samples=5)
+
+
+def test_toy_network_is_the_papers():
+    pair = GradNormToy(n_samples=300)
+    model = pair.build_model(pair.load(0))
+    linears = [m for m in model.trunk if isinstance(m, torch.nn.Linear)]
+    relus = [m for m in model.trunk if isinstance(m, torch.nn.ReLU)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(250, 100)] + [(100, 100)] * 3
+    assert len(relus) == 4
+    assert all(isinstance(h, torch.nn.Linear) and (h.in_features, h.out_features) == (100, 100)
+               for h in model.heads)
+
+
+def test_mse_loss_on_wide_targets_is_the_mean_over_every_element():
+    out, y = torch.randn(8, 100), torch.randn(8, 100)
+    assert float(mse_loss(out, y)) == pytest.approx(float(((out - y) ** 2).mean()), rel=1e-6)
+
+
+# -- multi-digits ------------------------------------------------------------------------------
+def test_overlay_hand_made_case():
+    left = np.zeros((8, 8))
+    right = np.zeros((8, 8))
+    left[:, 4] = 1.0
+    left[:, 7] = 3.0
+    left[2, 0] = 7.0
+    right[:, 0] = 2.0
+    right[:, 3] = 5.0
+    right[5, 7] = 4.0
+    # right column c lands on canvas column c + 4; where both have ink the larger value wins
+    expected = np.zeros((8, 12))
+    expected[2, 0] = 7.0
+    expected[:, 4] = 2.0  # max(left col 4 = 1, right col 0 = 2)
+    expected[:, 7] = 5.0  # max(left col 7 = 3, right col 3 = 5)
+    expected[5, 11] = 4.0
+    np.testing.assert_array_equal(overlay(left, right, 4), expected)
+    assert overlay(left, right, 0).shape == (8, 16)
+    np.testing.assert_array_equal(overlay(left[None], right[None], 4)[0], expected)
+
+
+def test_partners_have_no_fixed_points():
+    for n in range(2, 12):
+        for seed in range(5):
+            perm = partners(n, np.random.default_rng(seed))
+            assert sorted(perm) == list(range(n))
+            assert not np.any(perm == np.arange(n))
+
+
+def test_composites_match_their_digits_and_pools_are_disjoint():
+    images, labels = load_digit_images()
+    arrays = composite_arrays(pairs_per_image=2, overlap=4)
+    ids = {}
+    for name in ("train", "val", "test"):
+        x, yl, yr, li, ri = arrays[name]
+        canvas = x.reshape(-1, 8, 12) * 16.0
+        np.testing.assert_allclose(canvas[:, :, :4], images[li][:, :, :4])
+        np.testing.assert_allclose(canvas[:, :, 8:], images[ri][:, :, 4:])
+        np.testing.assert_allclose(canvas[:, :, 4:8],
+                                   np.maximum(images[li][:, :, 4:], images[ri][:, :, :4]))
+        np.testing.assert_array_equal(yl, labels[li])
+        np.testing.assert_array_equal(yr, labels[ri])
+        assert not np.any(li == ri)
+        # every image of the pool is the left digit twice and the right digit twice
+        assert np.all(np.bincount(li)[np.unique(li)] == 2)
+        assert np.all(np.bincount(ri)[np.unique(ri)] == 2)
+        ids[name] = set(li) | set(ri)
+    assert not ids["train"] & ids["test"] and not ids["train"] & ids["val"]
+    assert not ids["val"] & ids["test"]
+    assert len(ids["train"] | ids["val"] | ids["test"]) == len(images)
+
+
+def test_pair_indices_stay_in_the_pool():
+    pool = np.array([3, 8, 11, 40])
+    left, right = pair_indices(pool, 3, np.random.default_rng(0))
+    assert set(left) == set(right) == set(pool) and len(left) == 12
+
+
+def test_multi_digits_construction_is_independent_of_the_run_seed():
+    pair = MultiDigits(pairs_per_image=1)
+    a, b = pair.load(0), pair.load(7)
+    for sa, sb in zip(a.splits().values(), b.splits().values()):
+        assert torch.equal(sa.inputs[0], sb.inputs[0])
+        assert all(torch.equal(ta, tb) for ta, tb in zip(sa.targets, sb.targets))
+    assert a.train.inputs[0].shape[1] == 96 and a.info["canvas"] == [8, 12]
+    other = MultiDigits(pairs_per_image=1, construction_seed=1).load(0)
+    assert not torch.equal(a.test.inputs[0], other.test.inputs[0])
+    with pytest.raises(UserError, match="Parameter `overlap` should be an integer from 0 to 7"):
+        MultiDigits(overlap=8)
+
+
+# -- one short run of each pair ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_records():
+    out = []
+    for strategy, params in reproduce.TOY_STRATEGIES:
+        for seed in (0, 1):
+            out.append(train_run(RunConfig(task="gradnorm-toy", strategy=strategy,
+                                           strategy_params=params, seed=seed, epochs=2,
+                                           task_options={"n_samples": 200})))
+    return out
+
+
+def test_toy_runs_end_ok_with_metrics_on_wide_targets(toy_records):
+    for rec in toy_records:
+        assert rec["status"] == "ok", rec.get("reason")
+        curves = pd.DataFrame(rec["curves"]["rows"], columns=rec["curves"]["columns"])
+        assert {0, 1, 2} == set(curves["epoch"])
+        test = curves[curves["split"] == "test"]
+        assert set(test["metric"]) == {"loss", "rmse", "mae", "r2"}
+        assert np.isfinite(test["value"]).all()
+        # the loss is the element mean of the squared error, so rmse^2 equals it
+        for task in ("task1", "task2"):
+            at = test[(test["task"] == task) & (test["epoch"] == 2)].set_index("metric")["value"]
+            assert at["rmse"] ** 2 == pytest.approx(at["loss"], rel=1e-4)
+
+
+def test_multi_digits_run_ends_ok():
+    rec = train_run(RunConfig(task="multi-digits", strategy="fixed", epochs=1,
+                              task_options={"pairs_per_image": 1}))
+    assert rec["status"] == "ok", rec.get("reason")
+    assert set(rec["details"]) == {"left", "right"}
+    acc = [row[4] for row in rec["curves"]["rows"] if row[1] == "test" and row[3] == "accuracy"]
+    assert all(0.0 <= a <= 1.0 for a in acc)
+
+
+# -- reproduce: verdicts, docs sections, the toy analysis ---------------------------------------
+def test_verdict_rules():
+    assert verdict_all_seeds(3, 3) == REPRODUCED
+    assert verdict_all_seeds(1, 3) == PARTLY
+    assert verdict_all_seeds(0, 3) == NOT_REPRODUCED
+    assert verdict_all_seeds(0, 0) == NOT_REPRODUCED
+    # a claimed gap of +0.8: CI above zero / straddling with positive mean / negative mean
+    assert verdict_gap(0.8, 0.1, 1.5) == REPRODUCED
+    assert verdict_gap(0.8, -0.2, 1.0) == PARTLY
+    assert verdict_gap(0.8, -1.0, 0.2) == NOT_REPRODUCED
+    assert verdict_gap(-0.8, -1.5, -0.1) == REPRODUCED
+    # a near-tie (+0.03): no clear difference either way is a reproduction
+    assert verdict_gap(0.03, -0.5, 0.4) == REPRODUCED
+    assert verdict_gap(0.03, 0.6, 1.2) == NOT_REPRODUCED
+    assert verdict_gap(0.8, math.nan, math.nan) == NOT_REPRODUCED
+
+
+def test_paired_gap_table_matches_a_hand_computed_interval():
+    acc = {"mgda": pd.DataFrame({"left": [97.0, 98.0, 97.5], "right": [95.0, 95.5, 96.0]},
+                                index=[0, 1, 2]),
+           "fixed": pd.DataFrame({"left": [96.0, 96.5, 96.9], "right": [95.0, 95.0, 95.0]},
+                                 index=[0, 1, 2])}
+    _, rows = reproduce.MultiDigits()._gaps(acc)
+    cell = rows[("MGDA-UB", "uniform scaling", "left")]
+    d = np.array([1.0, 1.5, 0.6])
+    half = scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert cell["interval"].mean == pytest.approx(d.mean())
+    assert cell["interval"].low == pytest.approx(d.mean() - half)
+    assert cell["paper"] == pytest.approx(97.26 - 96.46)
+    # 1.03 +- 1.12 straddles zero with a positive mean: the paper's +0.80 is only partly backed
+    assert cell["verdict"] == PARTLY
+    assert rows[("single-task", "uniform scaling", "left")]["interval"].n == 0
+
+
+def test_write_section_replaces_one_section_and_keeps_the_other(tmp_path):
+    docs = tmp_path / "docs" / "reproductions.md"
+    write_section(docs, "b", "B one\n", ["a", "b"])
+    write_section(docs, "a", "A one\n", ["a", "b"])
+    write_section(docs, "b", "B two\n", ["a", "b"])
+    text = docs.read_text()
+    assert text.startswith("# Reproductions of published findings")
+    assert "A one" in text and "B two" in text and "B one" not in text
+    assert text.index("A one") < text.index("B two")
+    assert text.count("<!-- reproduction: b -->") == 1
+
+
+def test_toy_section_is_computed_from_records(toy_records, tmp_path):
+    ctx = Context([0, 1], 2, 1, tmp_path / "runs", tmp_path / "docs" / "reproductions.md", {})
+    text = reproduce.GradNormToy().section(toy_records, ctx)
+    assert "### 2 tasks" in text and "### 10 tasks" in text and "No finished runs." in text
+    assert "--set gradnorm.alpha=0.12" in text
+    # one finding per T=2 claim, each with a computed "k of n seeds" and a verdict
+    assert text.count("**") >= 10 and "of 2 seeds" in text
+    assert any(v in text for v in (REPRODUCED, PARTLY, NOT_REPRODUCED))
+    for name in ("gradnorm-toy_T2", "gradnorm-toy_T2_weights_all"):
+        assert (tmp_path / "docs" / "figures" / f"{name}.png").stat().st_size > 1000
+        assert f"figures/{name}.png" in text
+
+
+def test_report_only_refuses_missing_runs_and_cli_reports_user_errors(tmp_path, capsys):
+    with pytest.raises(UserError, match="--report-only: 24 of 24 runs are missing"):
+        reproduce.run_reproduction("gradnorm-toy", runs_root=tmp_path / "runs",
+                                   docs=tmp_path / "r.md", report_only=True)
+    assert reproduce.main(["no-such-thing"]) == 2
+    assert "unknown reproduction 'no-such-thing'" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
