@@ -963,12 +963,11 @@ def comparison_display(tables: Tables, label: str) -> Display:
             bold[col] = [bool(np.isfinite(v) and math.isclose(v, best)) for v in vals]
     level = int(round(tables.meta["ci"]["level"] * 100))
     interval = "t-interval" if method == "t" else "percentile bootstrap"
-    note = (f"Test split at the epoch selected on validation; mean ± {level}% CI over seeds "
-            f"({interval}); best per column in bold among ranked strategies; † differs from "
-            f"{meta['reference']} at p < {tables.meta['alpha']:g} (paired over seeds)."
-            if meta["reference"] else
-            f"Test split at the epoch selected on validation; mean ± {level}% CI over seeds "
-            f"({interval}); best per column in bold.")
+    shape = "mean ± half-width of the" if method == "t" else "mean [bounds of the]"
+    note = (f"Test split at the epoch selected on validation; {shape} {level}% CI over seeds "
+            f"({interval}); best per column in bold among ranked strategies")
+    note += (f"; † differs from {meta['reference']} at p < {tables.meta['alpha']:g} (paired "
+             "over seeds)." if meta["reference"] else ".")
     return Display(f"Test metrics: {label}", text, bold, note)
 
 

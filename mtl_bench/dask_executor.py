@@ -19,10 +19,12 @@ from mtl_bench.train import RunConfig
 
 #: Environment of LocalCluster worker processes, set through dask's
 #: ``distributed.nanny.pre-spawn-environ``. Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` there by
-#: default; setting any trim threshold turns off glibc's adaptive mmap threshold, so every
-#: tensor above 128 KiB is mmap'ed and unmapped again on each step. On small torch runs that
-#: cost about half the throughput (see docs/sweeps.md for the A/B), so the variable is left
-#: unset (``None`` removes it) and glibc's defaults apply.
+#: default; setting any trim threshold turns off glibc's adaptive mmap threshold, so tensors
+#: above 128 KiB are mapped and unmapped again on every step (about 85 page faults per step
+#: instead of about 1 on a batch-256 run; ``python -m mtl_bench.dask_executor`` runs the A/B).
+#: The runs are small (a few hundred MB per process at most), so returning freed memory to
+#: the OS eagerly buys little: the variable is left unset (``None`` removes it) and glibc's
+#: defaults apply.
 WORKER_ENVIRON: dict[str, Any] = {"MALLOC_TRIM_THRESHOLD_": None}
 
 #: How long the client tries to reach a scheduler given with --scheduler.
@@ -118,3 +120,79 @@ def run_on_dask(configs: Sequence[RunConfig],
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+# -- A/B of the worker environment: ``python -m mtl_bench.dask_executor`` --------------------
+def _measured_run(config: RunConfig) -> tuple[float, float, str | None]:
+    """Train on a worker; CPU ms and minor page faults per step, and the worker's setting.
+    CPU time and faults, unlike wall time, barely move when other jobs share the machine."""
+    import os
+    import resource
+
+    from mtl_bench.train import train_run
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    record = train_run(config)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    steps = max(len(record["weights"]["values"]), 1)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return (1000 * cpu / steps, (after.ru_minflt - before.ru_minflt) / steps,
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Interleaved A/B of WORKER_ENVIRON against Dask's default worker environment."""
+    import argparse
+    import os
+    import statistics
+
+    p = argparse.ArgumentParser(prog="python -m mtl_bench.dask_executor",
+                                description="A/B of MALLOC_TRIM_THRESHOLD_ on Dask workers")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=6)
+    args = p.parse_args(argv)
+    dask, distributed = _import_dask()
+    default = dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_",
+                              65536)
+    arms = {"unset (mtl-bench)": local_cluster(1)}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_":
+                          default}):
+        arms[f"dask default ({default})"] = distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+            silence_logs=logging.ERROR)
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # the nanny also sets it in this process
+    configs = {
+        "clsreg penguins, batch 32": RunConfig(strategy="fixed", epochs=args.epochs),
+        "clsreg synthetic 4000, batch 256": RunConfig(
+            strategy="gradnorm", epochs=args.epochs, batch_size=256,
+            task_options={"dataset": "synthetic", "n_samples": 4000}),
+    }
+    clients = {name: distributed.Client(c) for name, c in arms.items()}
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    try:
+        for r in range(args.rounds + 1):
+            for cname, config in configs.items():
+                for arm, client in clients.items():
+                    cpu, faults, env = client.submit(_measured_run, config, pure=False).result()
+                    if r == 0:  # warm-up round: imports and first allocations
+                        continue
+                    samples.setdefault((cname, arm), []).append((cpu, faults))
+                    print(f"  {arm:<22} {cname:<34} {cpu:6.2f} CPU ms/step {faults:6.1f} "
+                          f"faults/step (worker MALLOC_TRIM_THRESHOLD_={env})", flush=True)
+        print(f"median of {args.rounds} interleaved rounds after one warm-up round")
+        for cname in configs:
+            for arm in clients:
+                v = samples[(cname, arm)]
+                print(f"{cname:<34} {arm:<22} "
+                      f"{statistics.median(c for c, _ in v):6.2f} CPU ms/step "
+                      f"{statistics.median(f for _, f in v):6.1f} page faults/step")
+    finally:
+        for client in clients.values():
+            client.close()
+        for cluster in arms.values():
+            cluster.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -154,7 +154,7 @@ def learning_curves(curves: pd.DataFrame, setting: str, task: str, metric: str,
         if not val.empty:
             _band(ax_val, val, "epoch", style, lb, **kwargs)
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel(f"{task} train loss (epoch mean, unitless)")
+    ax_loss.set_ylabel(f"{task} train loss (mean over the epoch)")
     ax_loss.set_title("training loss")
     ax_val.set_xlabel("epoch (0 = before training)")
     ax_val.set_ylabel(metric_label(task, metric, higher_is_better, metric_unit(metric)))
@@ -361,11 +361,12 @@ def cd_diagram(avg_ranks: dict[str, float], cd: float, cliques: Sequence[Sequenc
     names = sorted(avg_ranks, key=lambda s: (avg_ranks[s], s))
     k = len(names)
     half = math.ceil(k / 2)
-    fig = _figure(9, 2.0 + 0.35 * half + 0.2 * len(cliques))
+    fig = _figure(9, 1.6 + 0.3 * half + 0.15 * len(cliques))
     ax = fig.subplots()
     lo, hi = 1, max(k, 2)
     ax.set_xlim(lo - 0.6, hi + 0.6)
-    depth = 0.6 + 0.35 * half + 0.25 * len(cliques)
+    # labels start below the clique bars and step down 0.35 per strategy on each side
+    depth = 0.35 + 0.2 * len(cliques) + 0.35 * (half - 1) + 0.25
     ax.set_ylim(-depth, 1.4)
     ax.axis("off")
     ax.hlines(0, lo, hi, color="black", linewidth=1)

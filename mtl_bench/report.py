@@ -174,7 +174,7 @@ def _setting_section(tables: Tables, s: dict, rep: Report, styles, wanted, figur
         (ta, tb) = tasks[0]["name"], tasks[1]["name"]
         ma, mb = chosen[ta], chosen[tb]
         pts = pareto_points(tables, label, [(ta, ma), (tb, mb)])
-        if not pts.empty:
+        if not pts.empty and (pts["a"].notna() & pts["b"].notna()).any():
             b.append(Heading("Trade-off between the tasks", 3))
             axes = (plots.metric_label(ta, ma, s["directions"][ma], plots.metric_unit(ma)),
                     plots.metric_label(tb, mb, s["directions"][mb], plots.metric_unit(mb)))

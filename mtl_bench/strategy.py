@@ -235,7 +235,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "/".join(_fmt(v) for v in value)
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.4g}"
     return str(value)
 
 

@@ -637,6 +637,9 @@ def tune(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "candidates": candidates,
             "chosen_lr": best["lr"] if best else None,
             "chosen_run_ids": best["run_ids"] if best else [],
+            # the best lr may lie beyond the grid: widen it when this is true
+            "at_edge": bool(best) and len(candidates) > 1 and best["lr"] in (
+                candidates[0]["lr"], candidates[-1]["lr"]),
         })
         if best:
             chosen_ids.extend(best["run_ids"])

@@ -73,9 +73,14 @@ class RunConfig:
     diag_every: int = 0
 
     def resolved(self) -> RunConfig:
+        """Concrete epochs/batch/lr, and options and hyper-parameters in canonical form (only
+        those that differ from the defaults), so equivalent configs share one run id."""
         pair_cls = registry.tasks.get(self.task)
         return replace(
             self,
+            task_options=canonical_task_options(self.task, self.task_options),
+            strategy_params=build_strategy(self.strategy, self.strategy_params)
+            .non_default_hparams(),
             epochs=self.epochs if self.epochs is not None else pair_cls.epochs,
             batch_size=self.batch_size if self.batch_size is not None else pair_cls.batch_size,
             lr=self.lr if self.lr is not None else pair_cls.lr,
@@ -93,7 +98,7 @@ class RunConfig:
     def strategy_label(self) -> str:
         if self.single_task is not None:
             return "single-task"
-        return label(self.strategy, self.strategy_params)
+        return label(self.strategy, self.resolved().strategy_params)
 
 
 def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
@@ -111,6 +116,13 @@ def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
 def build_task_pair(name: str, options: dict[str, Any]) -> TaskPair:
     cls = registry.tasks.get(name)
     return cls(**options)
+
+
+def canonical_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of a task pair that differ from its defaults (``{}`` for the default)."""
+    full = build_task_pair(name, options).options()
+    default = build_task_pair(name, {}).options()
+    return {k: v for k, v in full.items() if k not in default or default[k] != v}
 
 
 def validate(config: RunConfig) -> None:

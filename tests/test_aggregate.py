@@ -240,19 +240,22 @@ def _synthetic(label, seed, values, *, directions=None, options=None, base=None,
 
 
 def test_ranks_follow_the_recorded_direction_not_the_metric_name():
-    # 'accuracy' recorded as lower-is-better: the lowest value must rank first
-    dirs = {"accuracy": False, "m2": False}
+    # 'accuracy' recorded as lower-is-better: the lowest value must rank first; m2 is
+    # recorded higher-is-better, so there the highest value ranks first
+    dirs = {"accuracy": False, "m2": True}
     recs = []
     for seed in range(2):
-        for label, acc in (("fixed", 0.9), ("low", 0.1)):
-            r = _synthetic(label, seed, (acc, 1.0), directions=dirs)
+        for label, acc, m2 in (("fixed", 0.9, 1.0), ("low", 0.1, 2.0)):
+            r = _synthetic(label, seed, (acc, m2), directions=dirs)
             for row in r["summary"]:
                 if row[3] == "m1":
                     row[3] = "accuracy"
             r["tasks"][0]["metrics"] = ["accuracy"]
             recs.append(r)
-    summ = agg.aggregate_records(recs)["summary"].query("metric == 'accuracy'")
-    assert summ.set_index("strategy")["rank"].to_dict() == {"fixed": 2.0, "low": 1.0}
+    summ = agg.aggregate_records(recs)["summary"]
+    for metric in ("accuracy", "m2"):
+        ranks = summ[summ["metric"] == metric].set_index("strategy")["rank"].to_dict()
+        assert ranks == {"fixed": 2.0, "low": 1.0}, metric
 
 
 def test_wilcoxon_with_six_seeds_and_the_dagger_mark():
@@ -331,3 +334,10 @@ def test_aggregate_command_writes_tables(tmp_path, real_records, capsys):
 def test_terminal_table_still_prints(real_records):
     text = agg.terminal_table(real_records)
     assert "clsreg" in text and "dwa" in text and "speed vs fixed" in text
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["aggregate", "--help"], ["report", "--help"]])
+def test_help_pages_render(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0 and "usage:" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 from mtl_bench import aggregate as agg
 from mtl_bench import plots
 from mtl_bench.cli import main
-from mtl_bench.report import figure_is_blank, formulation_groups, task_metric
+from mtl_bench.report import figure_is_blank, formulation_groups, task_metric, write_report
 from mtl_bench.store import RunStore
 
 SOFTMAX, BCE = "clsreg [formulation=softmax]", "clsreg [formulation=bce]"
@@ -205,3 +205,16 @@ def test_report_reads_only_tables_removes_stale_figures_and_opens(
     assert "No cross-pair summary: one setting." in md
     assert {p.name for p in (tmp_path / "out" / "figures").iterdir()} == {
         f"pareto_{keep['slug']}.png", f"pareto_{keep['slug']}.svg"}
+
+
+def test_all_failed_runs_give_a_report_without_empty_figures(report_dir, tmp_path):
+    records = [r for r in RunStore(report_dir.parent / "runs").load().records
+               if r["strategy"] in ("fixed", "dwa")][:4]
+    for r in records:
+        r.update(status="failed", reason="boom", summary=[], details={}, curves={}, weights={},
+                 diagnostics=[], throughput={})
+    files = write_report(agg.aggregate_records(records), tmp_path)
+    assert files.figures == []
+    md = files.markdown.read_text()
+    assert "(1 failed)" in md or "(2 failed)" in md
+    assert "## Failed runs" in md and "boom" in md

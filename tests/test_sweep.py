@@ -140,6 +140,12 @@ def test_jobs_2_gives_bit_identical_records_to_jobs_1(tmp_path):
         assert a[run_id] == b[run_id]  # exact equality of every float, not approx
 
 
+def test_run_command_preloads_what_the_workers_preload():
+    from mtl_bench.commands import run
+
+    assert run.WORKER_PRELOAD == sweep.PRELOAD
+
+
 def test_worker_crash_and_hang_become_failed_records(tmp_path, misbehaving, monkeypatch):
     # the parent kills a worker stuck inside one step after max_seconds plus a grace period;
     # shorten the grace so that the test does not wait the default 30 s (it still covers the
@@ -215,6 +221,7 @@ def test_tune_picks_the_lowest_mean_score_per_group():
     assert scores[1e-3] == pytest.approx(0.6) and scores[3e-3] == pytest.approx(0.5)
     assert scores[9e-3] is None
     assert groups["dwa"]["chosen_lr"] == 1e-3
+    assert groups["fixed"]["at_edge"] is False and groups["dwa"]["at_edge"] is True
     assert set(out["chosen_run_ids"]) == {"fixed-0.003-0", "fixed-0.003-1", "dwa-0.001-0"}
 
 

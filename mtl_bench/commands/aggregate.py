@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mtl_bench.stats import CI_METHODS
 
-HELP = "turn run records into tables (mean, CI, Delta_m%, ranks, tests)"
+HELP = "turn run records into tables (mean, CI, Delta_m, ranks, tests)"
 DEFAULT_TABLES = Path("reports") / "tables"
 
 

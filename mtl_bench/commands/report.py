@@ -8,6 +8,7 @@ and opens without network access.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mtl_bench.commands.aggregate import add_ci_arguments, aggregate_to
@@ -43,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
                               args.alpha, args.quiet)
     else:
         tables = Tables.read(tables_dir)
+        made = tables.meta.get("ci", {})
+        if (args.ci, args.level) != (made.get("method"), made.get("level")) and not args.quiet:
+            print(f"note: the tables in {tables_dir} were made with --ci {made.get('method')} "
+                  f"--level {made.get('level')}; pass --runs-dir to aggregate again with "
+                  f"--ci {args.ci} --level {args.level}", file=sys.stderr)
     files = write_report(tables, out, args.metric)
     if not args.quiet:
         print(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figure files in "

@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "single_task": False, "diag_every": 0, "tune": None,
 }
 TUNABLE = ("lr",)
+#: sweep.PRELOAD, spelled out because importing mtl_bench.sweep imports torch (a test checks).
+WORKER_PRELOAD = ["mtl_bench.train", "mtl_bench.sweep"]
 
 
 def _csv(text: str) -> list[str]:
@@ -130,7 +132,23 @@ def _display(records: list[dict[str, Any]], with_lr: bool) -> list[dict[str, Any
     return [{**r, "strategy": f"{r['strategy']} lr={r['config']['lr']:g}"} for r in records]
 
 
+def _start_worker_server(args: argparse.Namespace) -> None:
+    """Start the fork server of the local worker processes now, so that its imports (torch)
+    overlap with this process's own instead of following them (seconds on a small machine)."""
+    import multiprocessing as mp
+
+    if (args.executor or ("dask" if args.scheduler else "local")) != "local" or args.dry_run \
+            or args.jobs == 1 or args.device.startswith("cuda") \
+            or "forkserver" not in mp.get_all_start_methods():
+        return
+    from multiprocessing import forkserver
+
+    mp.get_context("forkserver").set_forkserver_preload(WORKER_PRELOAD)
+    forkserver.ensure_running()
+
+
 def run(args: argparse.Namespace) -> int:
+    _start_worker_server(args)
     from mtl_bench.aggregate import terminal_table
     from mtl_bench.store import RunStore
     from mtl_bench.sweep import (
@@ -203,11 +221,12 @@ def run(args: argparse.Namespace) -> int:
               f"(records in {store.root}/)")
         return 0
 
-    if executor == "dask":
+    if todo and executor == "dask":
         from mtl_bench.dask_executor import require_dask
 
         require_dask()
-    check_writable(store)
+    if todo:
+        check_writable(store)
     for c, st in planned:
         if st == "corrupt":
             print(f"note: record {store.path_for(c.task, c.run_id)} is corrupt; rerunning it",
@@ -245,7 +264,9 @@ def run(args: argparse.Namespace) -> int:
             name = g["strategy"] + (f"[{g['single_task']}]" if g["single_task"] else "")
             chosen_lr = "none (every lr failed)" if g["chosen_lr"] is None else \
                 f"{g['chosen_lr']:g}"
-            print(f"  {g['task_pair']:<22} {name:<28} lr {chosen_lr}   (score {grid_text})")
+            edge = "  [edge of the grid]" if g["at_edge"] else ""
+            print(f"  {g['task_pair']:<22} {name:<28} lr {chosen_lr}   (score {grid_text})"
+                  + edge)
         with_lr = False
     print(terminal_table(_display(shown, with_lr)))
     n_failed = sum(r.get("status") != "ok" for r in records)
