@@ -140,6 +140,8 @@ class Strategy(nn.Module):
     family: ClassVar[str] = "loss weighting"
     #: Short reference shown by ``mtl-bench list``.
     paper: ClassVar[str] = ""
+    #: One line saying what the strategy does, shown by ``mtl-bench list``.
+    summary: ClassVar[str] = ""
     #: True when permuting the tasks permutes the weights the same way (checked by the suite).
     permutation_invariant: ClassVar[bool] = False
 

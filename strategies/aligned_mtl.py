@@ -56,6 +56,7 @@ class AlignedMTL(GradientStrategy):
     """
 
     paper = "Senushkin et al., CVPR 2023"
+    summary = "align task gradients to equal singular values (stable gradient system)"
     permutation_invariant = True
 
     def __init__(self, scale: str = "min", source: str = "shared"):

@@ -99,6 +99,7 @@ class CAGrad(GradientStrategy):
     """
 
     paper = "Liu et al., NeurIPS 2021"
+    summary = "maximise the worst task's improvement near the mean gradient (c-ball)"
     permutation_invariant = True
 
     def __init__(self, c: float = 0.5, rescale: int = 1, source: str = "shared"):

@@ -49,6 +49,7 @@ class DTP(Strategy):
     """
 
     paper = "Guo et al., ECCV 2018"
+    summary = "focal-style priority on tasks whose KPI (from the loss) is low"
     permutation_invariant = True
 
     def __init__(self, gamma: float = 2.0, alpha: float = 0.1, kpi: str = "exp"):

@@ -57,6 +57,7 @@ class FAMO(Strategy):
     """
 
     paper = "Liu et al., NeurIPS 2023"
+    summary = "learn loss weights so every task's log-loss falls at the same rate"
     permutation_invariant = True
 
     def __init__(self, beta: float = 0.025, gamma: float = 1e-3, update: str = "adam"):

@@ -40,6 +40,7 @@ class Fixed(Strategy):
     """
 
     paper = "linear scalarisation; Xin et al., NeurIPS 2022"
+    summary = "constant weights (equal by default); sweep mode traces the Pareto front"
     #: Equal weights treat tasks alike; explicit weights are permuted along with the tasks.
     permutation_invariant = True
 

@@ -37,6 +37,7 @@ class GLS(Strategy):
     """
 
     paper = "Chennupati et al., CVPR-W 2019"
+    summary = "geometric mean of the task losses"
     permutation_invariant = True
 
     def __init__(self, eps: float = 1e-12):

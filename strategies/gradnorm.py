@@ -59,6 +59,7 @@ class GradNorm(Strategy):
 
     family = "gradient-norm balancing"
     paper = "Chen et al., ICML 2018"
+    summary = "learn weights so task gradient norms match their relative training rates"
     permutation_invariant = True
 
     def __init__(self, alpha: float = 1.5, layer: str = "last", initial: str = "first_step",

@@ -70,6 +70,7 @@ class GradVac(RandomOrderStrategy):
     """
 
     paper = "Wang et al., ICLR 2021"
+    summary = "move pairwise gradient cosines towards their running targets"
     permutation_invariant = False
 
     def __init__(self, beta: float = 0.01, source: str = "shared"):

@@ -59,6 +59,7 @@ class IMTLG(GradientStrategy):
     """
 
     paper = "Liu et al., ICLR 2021"
+    summary = "combined gradient with equal projection on every unit task gradient"
     permutation_invariant = True
 
     def __init__(self, source: str = "shared"):

@@ -59,6 +59,7 @@ class MGDA(GradientStrategy):
     """
 
     paper = "Sener & Koltun, NeurIPS 2018"
+    summary = "minimum-norm point in the convex hull of the task gradients"
     permutation_invariant = True
 
     def __init__(self, normalize: str = "none", max_iter: int = 250, tol: float = 1e-5,

@@ -88,6 +88,7 @@ class NashMTL(GradientStrategy):
     """
 
     paper = "Navon et al., ICML 2022"
+    summary = "Nash bargaining solution over task gradients"
     permutation_invariant = True
 
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1,

@@ -52,6 +52,7 @@ class PCGrad(RandomOrderStrategy):
     """
 
     paper = "Yu et al., NeurIPS 2020"
+    summary = "project away the conflicting component between task gradients"
     permutation_invariant = False
 
     def __init__(self, source: str = "shared"):

@@ -45,6 +45,7 @@ class RLW(Strategy):
     """
 
     paper = "Lin et al., TMLR 2022"
+    summary = "random weights drawn afresh every step"
     #: The draws do not follow the tasks when they are reordered (the distribution of the
     #: weights is symmetric, a single run is not).
     permutation_invariant = False

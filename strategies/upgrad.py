@@ -56,6 +56,7 @@ class UPGrad(GradientStrategy):
     """
 
     paper = "Quinton & Rey, 2024"
+    summary = "average of task gradients projected onto the dual cone (no conflict)"
     permutation_invariant = True
 
     def __init__(self, source: str = "shared"):

@@ -71,3 +71,17 @@ def test_records_load_with_pandas_in_one_call(runs_dir, capsys):
     path = next(runs_dir.glob("*/*.json"))
     df = pd.read_json(path, typ="series")
     assert df["status"] == "ok"
+
+
+def test_list_shows_every_strategy_with_summary_and_paper(capsys):
+    from mtl_bench import registry
+
+    code, out, _ = _run(["list"], capsys)
+    names = registry.strategies.names()
+    assert code == 0 and len(names) >= 16
+    for name in names:
+        cls = registry.strategies.get(name)
+        assert cls.summary and cls.paper, name
+        assert cls.summary in out and f"[{cls.paper}]" in out
+    for name in registry.tasks.names():
+        assert registry.tasks.get(name).description in out

@@ -14,14 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print("Strategies:")
+    print("Strategies (name, family, what it does, paper):")
     for name, cls in registry.strategies.items():
         doc = (cls.__doc__ or "").strip().splitlines()
-        summary = doc[0] if doc else ""
-        print(f"  {name:<14} {cls.family:<24} {cls.paper or summary}")
+        summary = cls.summary or (doc[0] if doc else "")
+        print(f"  {name:<12} {cls.family:<24} {summary}")
+        if cls.paper:
+            print(f"  {'':<12} {'':<24} [{cls.paper}]")
     print("\nTask pairs:")
     for name, cls in registry.tasks.items():
         print(f"  {name:<22} {cls.description}")
     return 0
-
-
