@@ -11,7 +11,6 @@ memory, killed) turns that run into a failed record and a fresh worker takes its
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import math
@@ -32,7 +31,7 @@ from typing import Any, TextIO
 from mtl_bench import registry
 from mtl_bench.errors import UserError
 from mtl_bench.store import RunStore, atomic_write_text
-from mtl_bench.train import SCHEMA_VERSION, RunConfig, train_run, validate
+from mtl_bench.train import SCHEMA_VERSION, RunConfig, build_task_pair, train_run, validate
 
 #: Default ``--tune lr`` grid: these factors times the task pair's default learning rate.
 TUNE_LR_FACTORS = (1 / 3, 1.0, 3.0)
@@ -163,20 +162,6 @@ def lr_grid(spec: SweepSpec, task: str) -> list[float | None]:
     return [spec.base.lr]
 
 
-def build_pair(task: str, options: dict[str, Any]) -> Any:
-    """The task pair with ``options``; an option it does not take is a UserError."""
-    cls = registry.tasks.get(task)
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        valid = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-        unknown = sorted(set(options) - set(valid))
-        what = (f"has no option {', '.join(repr(u) for u in unknown)}" if unknown
-                else f"does not accept these options ({exc})")
-        raise UserError(f"task pair '{task}' {what}; its options are: "
-                        + (", ".join(valid) or "(none)")) from None
-
-
 def expand(spec: SweepSpec) -> list[RunConfig]:
     """All runs of the grid, plus single-task baselines (one per task and seed) if asked."""
     known = set(spec.tasks) | set(spec.strategies)
@@ -192,7 +177,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
         task_grid = grid(spec.assignments.get(task, {}))
         lrs = lr_grid(spec, task)
         for task_options in task_grid:
-            n_tasks = len(build_pair(task, task_options).tasks())
+            n_tasks = len(build_task_pair(task, task_options).tasks())
             for strategy in spec.strategies:
                 cls = registry.strategies.get(strategy)
                 variants = [v for params in grid(spec.assignments.get(strategy, {}))
@@ -204,7 +189,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
                                                    strategy_params=params, seed=seed, lr=lr,
                                                    task_options=task_options))
             if spec.single_task:
-                pair = build_pair(task, task_options)
+                pair = build_task_pair(task, task_options)
                 for t in pair.tasks():
                     for lr in lrs:
                         for seed in spec.seeds:
@@ -451,7 +436,10 @@ def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
 
     def replace_worker(w: _Worker) -> None:
         _stop(w, force=True)
-        workers[workers.index(w)] = start()
+        if queue:
+            workers[workers.index(w)] = start()
+        else:  # nothing left for a new worker to do
+            workers.remove(w)
 
     try:
         for _ in range(min(jobs, len(queue))):

@@ -101,21 +101,34 @@ class RunConfig:
         return label(self.strategy, self.resolved().strategy_params)
 
 
+def _unknown_keys_error(kind: str, name: str, cls: type, given: dict[str, Any],
+                        exc: TypeError) -> UserError:
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p, v in list(params.items())[1:]
+             if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+    unknown = sorted(set(given) - set(valid))
+    what = "parameter" if kind == "strategy" else "option"
+    if unknown:
+        head = f"{kind} '{name}' has no {what} {', '.join(repr(u) for u in unknown)}"
+    else:
+        head = f"{kind} '{name}' rejected its {what}s ({exc})"
+    return UserError(f"{head}; its {what}s are: {', '.join(valid) or '(none)'}")
+
+
 def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
     cls = registry.strategies.get(name)
     try:
         return cls(**params)
     except TypeError as exc:
-        valid = list(inspect.signature(cls.__init__).parameters)[1:]
-        raise UserError(
-            f"strategy '{name}' does not accept {exc}; its parameters are: "
-            + (", ".join(valid) or "(none)")
-        ) from None
+        raise _unknown_keys_error("strategy", name, cls, params, exc) from None
 
 
 def build_task_pair(name: str, options: dict[str, Any]) -> TaskPair:
     cls = registry.tasks.get(name)
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise _unknown_keys_error("task pair", name, cls, options, exc) from None
 
 
 def canonical_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -404,11 +417,12 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
     t2 = time.perf_counter()
 
     diag_grads = None
-    if want_diag:  # untimed: gradients at the shared parameters unless the strategy has them
-        if grads is not None and grads.source in ("shared", "rep"):
+    if want_diag:  # untimed; reuse the strategy's task gradients, else take them at the last
+        # shared layer (the cheapest place that is still a shared parameter)
+        if grads is not None:
             diag_grads = grads
-        elif model.shared_parameters():
-            diag_grads = task_gradients(losses, model.shared_parameters(), "shared")[0]
+        elif model.last_shared_parameters():
+            diag_grads = task_gradients(losses, model.last_shared_parameters(), "last")[0]
     t2b = time.perf_counter()
 
     optimizer.zero_grad(set_to_none=True)

@@ -129,7 +129,10 @@ class GradNormToy(TaskPair):
         self.data_seed = data_seed
 
     def options(self) -> dict[str, Any]:
-        return {"n_tasks": self.n_tasks, "sigmas": list(self.sigmas),
+        # sigmas only when they differ from the default for n_tasks: `n_tasks=10` alone and
+        # with its default scales spelled out are one configuration (one run id, one label)
+        custom = self.sigmas != default_sigmas(self.n_tasks)
+        return {"n_tasks": self.n_tasks, "sigmas": list(self.sigmas) if custom else None,
                 "n_samples": self.n_samples, "data_seed": self.data_seed}
 
     def tasks(self) -> tuple[Task, ...]:

@@ -60,7 +60,7 @@ CASES = [
     ("unknown strategy", ["--strategy", "nope"], _plain, 2, "unknown strategy 'nope'"),
     ("unknown task", ["--task", "nope"], _plain, 2, "unknown task pair 'nope'"),
     ("unknown strategy option", ["--strategy", "gradnorm", "--set", "gradnorm.nope=1"], _plain,
-     2, "strategy 'gradnorm' does not accept"),
+     2, "strategy 'gradnorm' has no parameter 'nope'"),
     ("unknown task option", ["--set", "clsreg.nope=1"], _plain, 2,
      "task pair 'clsreg' has no option 'nope'; its options are: dataset"),
     ("unknown flag", ["--frobnicate"], _plain, 2, "unrecognized arguments: --frobnicate"),

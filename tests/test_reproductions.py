@@ -288,9 +288,35 @@ def test_toy_section_is_computed_from_records(toy_records, tmp_path):
 
 
 def test_report_only_refuses_missing_runs_and_cli_reports_user_errors(tmp_path, capsys):
-    with pytest.raises(UserError, match="--report-only: 24 of 24 runs are missing"):
+    with pytest.raises(UserError, match="--report-only: 24 of 24 runs are missing in"):
         reproduce.run_reproduction("gradnorm-toy", runs_root=tmp_path / "runs",
                                    docs=tmp_path / "r.md", report_only=True)
     assert reproduce.main(["no-such-thing"]) == 2
     assert "unknown reproduction 'no-such-thing'" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_records_from_other_code_are_stale_unless_allowed(toy_records, tmp_path):
+    from mtl_bench.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    record = dict(toy_records[0])
+    config = RunConfig(**{k: v for k, v in record["config"].items()})
+    store.write(record)
+    assert reproduce.stale_or_missing([config], store) == []
+    store.write({**record, "code": {**record["code"], "harness": "0" * 16}})
+    assert reproduce.stale_or_missing([config], store) == [config]
+    assert reproduce.stale_or_missing([config], store, allow_stale=True) == []
+    missing = RunConfig(task="gradnorm-toy", seed=9, epochs=2)
+    assert reproduce.stale_or_missing([missing], store, allow_stale=True) == [missing]
+
+
+def test_equivalent_toy_options_share_one_run_id():
+    ten = RunConfig(task="gradnorm-toy", task_options={"n_tasks": 10})
+    spelled = RunConfig(task="gradnorm-toy", task_options={
+        "n_tasks": 10, "sigmas": list(GradNormToy(n_tasks=10).sigmas)})
+    assert ten.run_id == spelled.run_id
+    assert RunConfig(task="gradnorm-toy", task_options={"sigmas": [1, 100]}).run_id == \
+        RunConfig(task="gradnorm-toy").run_id
+    assert RunConfig(task="gradnorm-toy", task_options={"sigmas": [1, 10]}).run_id != \
+        RunConfig(task="gradnorm-toy").run_id
