@@ -85,3 +85,13 @@ def test_list_shows_every_strategy_with_summary_and_paper(capsys):
         assert cls.summary in out and f"[{cls.paper}]" in out
     for name in registry.tasks.names():
         assert registry.tasks.get(name).description in out
+
+
+def test_run_report_writes_the_report_after_the_sweep(capsys, runs_dir, tmp_path):
+    out = tmp_path / "rep"
+    code, stdout, _ = _run(["run", "--strategy", "fixed,dwa", "--epochs", "2", "--seeds", "2",
+                            "--jobs", "1", "--runs-dir", str(runs_dir), "--report", str(out)],
+                           capsys)
+    assert code == 0 and "report:" in stdout
+    assert (out / "report.html").stat().st_size > 1000
+    assert any((out / "figures").glob("*.png"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from mtl_bench import registry
@@ -97,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="rerun runs stored as failed")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
     p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    p.add_argument("--report", nargs="?", const="reports", default=None, metavar="DIR",
+                   help="after the sweep, aggregate the runs folder and write the report to DIR "
+                        "(default reports/), as `aggregate` then `report` would")
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -272,4 +276,21 @@ def run(args: argparse.Namespace) -> int:
     n_failed = sum(r.get("status") != "ok" for r in records)
     print(f"\n{len(records)} run records in {store.root}/: {len(records) - n_failed} ok, "
           f"{n_failed} failed ({progress.failed} of {len(todo)} run(s) failed in this sweep)")
+    if args.report is not None:
+        _report(store.root, Path(args.report), args.quiet)
     return 0
+
+
+def _report(runs_dir: Path, out: Path, quiet: bool) -> None:
+    """The aggregate and report stages over the whole runs folder; a problem there (e.g. records
+    that are not comparable) is reported but does not undo the finished sweep."""
+    from mtl_bench.commands.aggregate import aggregate_to
+    from mtl_bench.report import write_report
+
+    try:
+        tables = aggregate_to(runs_dir, out / "tables", "t", 0.95, 0.05, quiet)
+        files = write_report(tables, out)
+    except UserError as exc:
+        print(f"note: no report written: {exc}", file=sys.stderr)
+        return
+    print(f"report: {files.html} ({files.markdown})")
