@@ -52,6 +52,7 @@ from mtl_bench.store import (
     VALUE,
     atomic_write_text,
 )
+from mtl_bench.strategy import format_value
 
 REFERENCE_STRATEGY = "fixed"
 SETTING, ROLE, ARCHITECTURE = "setting", "role", "architecture"
@@ -164,19 +165,11 @@ def _fmt(x: float) -> str:
 
 
 # -- settings ----------------------------------------------------------------------------------
-def _value_text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "/".join(_value_text(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def setting_label(task_pair: str, options: dict[str, Any], architecture: str) -> str:
     """``clsreg``, ``clsreg [dataset=synthetic, noise=0.5]``, ``clsreg (separate)``."""
     text = task_pair
     if options:
-        text += " [" + ", ".join(f"{k}={_value_text(v)}" for k, v in sorted(options.items())) + "]"
+        text += " [" + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(options.items())) + "]"
     if architecture and architecture != "shared":
         text += f" ({architecture})"
     return text

@@ -41,6 +41,7 @@ from mtl_bench.aggregate import REFERENCE_STRATEGY, setting_label
 from mtl_bench.errors import UserError
 from mtl_bench.stats import t_interval
 from mtl_bench.store import METRIC, STRATEGY, TASK_PAIR, RunStore, atomic_write_text
+from mtl_bench.strategy import format_value
 
 BASELINE_FORMAT = "mtl-bench-baseline"
 #: Version of the baseline file layout; a file of another version is refused (exit 2).
@@ -75,14 +76,6 @@ def pair_label(config: dict[str, Any]) -> str:
     ``clsreg``, ``clsreg [dataset=synthetic]``, ``clsreg (separate)``."""
     return setting_label(str(config.get("task")), config.get("task_options") or {},
                          config.get("architecture") or "shared")
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "/".join(_short(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def compact_run(record: dict[str, Any]) -> dict[str, Any]:
@@ -444,7 +437,8 @@ class Options:
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     keys = sorted((set(a) | set(b)) - set(PLACEMENT_KEYS) - set(IGNORED_KEYS))
-    return [f"{k} {_short(a.get(k))}->{_short(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k} {format_value(a.get(k))}->{format_value(b.get(k))}"
+            for k in keys if a.get(k) != b.get(k)]
 
 
 def _not_comparable(b: dict[str, Any], n: dict[str, Any], ignore_code: bool) -> list[str]:

@@ -229,13 +229,14 @@ def label(name: str, params: dict[str, Any]) -> str:
     """Short key of a configured strategy: ``gradnorm`` or ``gradnorm(alpha=0.5)``."""
     if not params:
         return name
-    inner = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+    inner = ",".join(f"{k}={format_value(v)}" for k, v in sorted(params.items()))
     return f"{name}({inner})"
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A parameter value as it appears in labels: lists joined by '/', floats to 4 digits."""
     if isinstance(value, (list, tuple)):
-        return "/".join(_fmt(v) for v in value)
+        return "/".join(format_value(v) for v in value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

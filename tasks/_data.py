@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mtl_bench.errors import UserError
+from mtl_bench.errors import UserError, check_param
 
 #: Columns of the vega ``cars`` table used as inputs (``Year`` as the model year, an integer).
 CARS_INPUTS = ["Cylinders", "Displacement", "Horsepower", "Weight_in_lbs", "Acceleration", "Year"]
@@ -23,6 +23,21 @@ DIABETES_INPUTS = ["bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 #: with the sparse ends merged (3 patients are in their teens and 13 in their seventies).
 DIABETES_AGE_EDGES = (30, 40, 50, 60)
 DIABETES_AGE_CLASSES = ("<30", "30-39", "40-49", "50-59", "60+")
+
+
+def check_synthetic_options(n_samples: Any, n_features: Any, n_classes: Any,
+                            target_scale: Any, noise: Any) -> None:
+    """Validate the options of the synthetic teacher shared by clsreg and clsreg-2sets."""
+    check_param(isinstance(n_samples, int) and not isinstance(n_samples, bool)
+                and n_samples >= 20, "n_samples", "an integer >= 20", n_samples)
+    check_param(isinstance(n_features, int) and n_features >= 1, "n_features",
+                "a positive integer", n_features)
+    check_param(isinstance(n_classes, int) and n_classes >= 2, "n_classes",
+                "an integer >= 2", n_classes)
+    check_param(isinstance(target_scale, (int, float)) and target_scale > 0, "target_scale",
+                "a positive float", target_scale)
+    check_param(isinstance(noise, (int, float)) and noise >= 0, "noise",
+                "a non-negative float", noise)
 
 
 def load_failed(pair: str, dataset: str, exc: BaseException) -> UserError:

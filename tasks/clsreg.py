@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mtl_bench.tasks._data import CARS_INPUTS, cars_frame
+from mtl_bench.tasks._data import CARS_INPUTS, cars_frame, check_synthetic_options
 
 from mtl_bench.errors import UserError, check_param
 from mtl_bench.registry import register_task
@@ -106,16 +106,7 @@ class ClsReg(TaskPair):
     def __init__(self, dataset: str = "penguins", n_samples: int = 2000, n_features: int = 16,
                  n_classes: int = 3, target_scale: float = 1.0, noise: float = 0.1):
         check_param(dataset in DATASETS, "dataset", "one of " + ", ".join(DATASETS), dataset)
-        check_param(isinstance(n_samples, int) and n_samples >= 20, "n_samples",
-                    "an integer >= 20", n_samples)
-        check_param(isinstance(n_features, int) and n_features >= 1, "n_features",
-                    "a positive integer", n_features)
-        check_param(isinstance(n_classes, int) and n_classes >= 2, "n_classes",
-                    "an integer >= 2", n_classes)
-        check_param(isinstance(target_scale, (int, float)) and target_scale > 0, "target_scale",
-                    "a positive float", target_scale)
-        check_param(isinstance(noise, (int, float)) and noise >= 0, "noise",
-                    "a non-negative float", noise)
+        check_synthetic_options(n_samples, n_features, n_classes, target_scale, noise)
         self.dataset = dataset
         self.n_samples, self.n_features, self.n_classes = n_samples, n_features, n_classes
         self.target_scale, self.noise = float(target_scale), float(noise)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtl_bench.tasks._data import Teacher
+from mtl_bench.tasks._data import Teacher, check_synthetic_options
 
 from mtl_bench.errors import UserError, check_param
 from mtl_bench.registry import register_task
@@ -51,18 +51,9 @@ class ClsRegTwoSets(TaskPair):
 
     def __init__(self, n_samples: int = 4000, size_ratio: float = 10.0, n_features: int = 16,
                  n_classes: int = 3, target_scale: float = 1.0, noise: float = 0.1):
-        check_param(isinstance(n_samples, int) and not isinstance(n_samples, bool)
-                    and n_samples >= 20, "n_samples", "an integer >= 20", n_samples)
+        check_synthetic_options(n_samples, n_features, n_classes, target_scale, noise)
         check_param(isinstance(size_ratio, (int, float)) and not isinstance(size_ratio, bool)
                     and size_ratio > 0, "size_ratio", "a positive float", size_ratio)
-        check_param(isinstance(n_features, int) and n_features >= 1, "n_features",
-                    "a positive integer", n_features)
-        check_param(isinstance(n_classes, int) and n_classes >= 2, "n_classes",
-                    "an integer >= 2", n_classes)
-        check_param(isinstance(target_scale, (int, float)) and target_scale > 0, "target_scale",
-                    "a positive float", target_scale)
-        check_param(isinstance(noise, (int, float)) and noise >= 0, "noise",
-                    "a non-negative float", noise)
         self.n_samples, self.size_ratio = n_samples, float(size_ratio)
         self.n_regression = int(round(n_samples / self.size_ratio))
         if self.n_regression < 20:
