@@ -179,7 +179,7 @@ def rmse(pred: np.ndarray, target: np.ndarray) -> float:
 @metric("r2", True, "regression", "coefficient of determination")
 def r2(pred: np.ndarray, target: np.ndarray) -> float:
     ss_res = ((target - pred) ** 2).sum()
-    ss_tot = ((target - target.mean()) ** 2).sum()
+    ss_tot = ((target - target.mean(axis=0)) ** 2).sum()
     return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
 
 

@@ -252,9 +252,10 @@ def run_grid(configs: Sequence[RunConfig], store: RunStore, jobs: int, quiet: bo
             print(f"{len(todo)} run(s) to train, {len(configs) - len(todo)} stored; "
                   f"{jobs} process(es)", file=sys.stderr)
         start = time.perf_counter()
-        execute(sorted(todo, key=_slow_first), store, jobs=jobs, quiet=quiet)
+        progress = execute(sorted(todo, key=_slow_first), store, jobs=jobs, quiet=quiet)
         sweeps.append({"elapsed_s": round(time.perf_counter() - start, 1),
-                       "runs_trained": len(todo), "runs_total": len(configs), "jobs": jobs,
+                       "runs_trained": len(todo), "runs_failed": progress.failed,
+                       "runs_total": len(configs), "jobs": jobs,
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         atomic_write_text(timing_path, json.dumps({"sweeps": sweeps}, indent=1))
         todo = stale_or_missing(configs, store)
@@ -319,9 +320,11 @@ def _timing_text(records: list[dict[str, Any]], timing: dict[str, Any]) -> str:
                      (sweeps[-1] if sweeps else None, "The last sweep")):
         if sw is None or (what == "The last sweep" and full and sw is full[-1]):
             continue
+        failed = sw.get("runs_failed", 0)
         text += (f" {what} took {sw['elapsed_s']:.0f} s of wall time for "
-                 f"{sw['runs_trained']} of {sw['runs_total']} runs with {sw['jobs']} parallel "
-                 f"process(es) ({sw['finished']}).")
+                 f"{sw['runs_trained']} of {sw['runs_total']} runs"
+                 + (f" ({failed} of them failed)" if failed else "")
+                 + f" with {sw['jobs']} parallel process(es) ({sw['finished']}).")
     return text
 
 

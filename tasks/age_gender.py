@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtl_bench.tasks._data import DIABETES_AGE_CLASSES
-from mtl_bench.tasks._genomic import genomic_spec
-from mtl_bench.tasks.multilabel_vs_softmax import CLASSIFICATION_METRICS, age_sex_inputs
-
 from mtl_bench.errors import check_param
 from mtl_bench.registry import register_task
 from mtl_bench.strategy import CLASSIFICATION, REGRESSION
 from mtl_bench.task import Task, TaskData, TaskPair, check_labels, make_splits
+from mtl_bench.tasks._data import DIABETES_AGE_CLASSES
+from mtl_bench.tasks._genomic import genomic_spec
+from mtl_bench.tasks.multilabel_vs_softmax import CLASSIFICATION_METRICS, age_sex_inputs
 
 AGE_MODES = ("regression", "bins")
 DATASETS = ("genomic", "diabetes")

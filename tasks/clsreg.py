@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mtl_bench.tasks._data import CARS_INPUTS, cars_frame, check_synthetic_options
 
 from mtl_bench.errors import UserError, check_param
 from mtl_bench.registry import register_task
 from mtl_bench.strategy import CLASSIFICATION, REGRESSION
 from mtl_bench.task import Task, TaskData, TaskPair, check_labels, frame_arrays, make_splits
+from mtl_bench.tasks._data import CARS_INPUTS, cars_frame, check_synthetic_options
 
 PENGUIN_FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm"]
 DATASETS = ("penguins", "cars", "synthetic")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtl_bench.tasks._data import Teacher, check_synthetic_options
-
 from mtl_bench.errors import UserError, check_param
 from mtl_bench.registry import register_task
 from mtl_bench.strategy import CLASSIFICATION, REGRESSION
 from mtl_bench.task import Task, TaskData, TaskPair, check_labels, make_separate_splits
+from mtl_bench.tasks._data import Teacher, check_synthetic_options
 
 #: Fixed seeds of the two samples (the run seed only changes the split).
 CLASSIFICATION_DRAW, REGRESSION_DRAW = 1, 2

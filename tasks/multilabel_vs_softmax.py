@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from mtl_bench.tasks._data import DIABETES_AGE_CLASSES, diabetes_age_class, diabetes_arrays
-from mtl_bench.tasks._genomic import age_class_names, generate, genomic_spec
 
 from mtl_bench.errors import check_param
 from mtl_bench.registry import register_task
@@ -22,6 +20,8 @@ from mtl_bench.task import (
     sigmoid_proba,
     softmax_proba,
 )
+from mtl_bench.tasks._data import DIABETES_AGE_CLASSES, diabetes_age_class, diabetes_arrays
+from mtl_bench.tasks._genomic import age_class_names, generate, genomic_spec
 
 FORMULATIONS = ("bce", "softmax")
 DATASETS = ("genomic", "diabetes")

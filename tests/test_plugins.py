@@ -72,7 +72,7 @@ def test_documented_plugin_runs_end_to_end(example_file, tmp_path):
 def test_plugin_is_listed_and_takes_set_parameters(example_file, capsys, clean_registry):
     code, out, _ = _main(["--plugin", str(example_file), "list"], capsys)
     assert code == 0
-    assert re.search(r"inverse_loss\s+loss weighting\s+example plug-in", out)
+    assert re.search(r"inverse_loss\s+loss weighting\s+\S.*\n\s+\[example plug-in\]", out)
     s = build_strategy("inverse_loss", {"power": 0.5})
     assert repr(s) == "InverseLoss(power=0.5)" and str(s) == "inverse_loss(power=0.5)"
     with pytest.raises(UserError, match="Parameter `power` should be a non-negative float"):

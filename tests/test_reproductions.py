@@ -6,15 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mtl_bench.tasks.gradnorm_toy import GradNormToy, teacher, toy_arrays
-from mtl_bench.tasks.multi_digits import (
-    MultiDigits,
-    composite_arrays,
-    load_digit_images,
-    overlay,
-    pair_indices,
-    partners,
-)
 from scipy import integrate
 from scipy import stats as scipy_stats
 
@@ -30,6 +21,15 @@ from mtl_bench.reproduce import (
     write_section,
 )
 from mtl_bench.task import mse_loss
+from mtl_bench.tasks.gradnorm_toy import GradNormToy, teacher, toy_arrays
+from mtl_bench.tasks.multi_digits import (
+    MultiDigits,
+    composite_arrays,
+    load_digit_images,
+    overlay,
+    pair_indices,
+    partners,
+)
 from mtl_bench.train import RunConfig, train_run
 
 

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from mtl_bench.tasks._genomic import GenomicSpec, generate
 
 from mtl_bench import registry
 from mtl_bench.cli import main
@@ -24,6 +23,7 @@ from mtl_bench.task import (
     make_splits,
     sigmoid_proba,
 )
+from mtl_bench.tasks._genomic import GenomicSpec, generate
 from mtl_bench.train import RunConfig, build_task_pair, train_run
 
 # (pair, options) for every data set / formulation this suite ships
