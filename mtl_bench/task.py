@@ -151,10 +151,10 @@ class TaskData:
 class MultiTaskNet(nn.Module):
     """A trunk shared by every task plus one head per task.
 
-    ``forward`` returns the representations (one per distinct input) and one output per task.
-    With ``detach_rep`` the heads see a detached copy of each representation that requires grad,
-    so the harness can take task gradients at the representation and back-propagate a combined
-    gradient into the trunk once.
+    ``forward`` returns the representations (one per distinct input), what each head read (one
+    per task) and one output per task. With ``detach_rep`` each head reads its own detached leaf
+    of the representation, so the harness can take every task's gradient at the representation
+    in one backward pass and back-propagate a combined gradient into the trunk once.
     """
 
     def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module]):
@@ -179,9 +179,13 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, inputs: Sequence[Tensor], detach_rep: bool = False):
         reps = [self.trunk(x) for x in inputs]
-        head_in = [r.detach().requires_grad_(True) for r in reps] if detach_rep else reps
         shared = len(inputs) == 1
-        outputs = [head(head_in[0 if shared else i]) for i, head in enumerate(self.heads)]
+        source = [reps[0 if shared else i] for i in range(len(self.heads))]
+        # With detach_rep every head reads its own detached leaf (same storage): one backward
+        # pass of the summed losses then leaves task i's gradient at the representation in
+        # leaf i, instead of one backward pass per task.
+        head_in = [r.detach().requires_grad_(True) for r in source] if detach_rep else source
+        outputs = [head(x) for head, x in zip(self.heads, head_in)]
         return reps, head_in, outputs
 
 

@@ -316,6 +316,24 @@ def task_gradients(losses: Tensor, at: Sequence[Tensor], source: str,
     return TaskGradients(parts, source), extras
 
 
+def representation_gradients(losses: Tensor, head_in: Sequence[Tensor], model: MultiTaskNet
+                             ) -> tuple[TaskGradients, list[list[Tensor | None]]]:
+    """Every task's gradient at the shared representation, and each head's own gradient, from
+    ONE backward pass: head i reads its own detached leaf ``head_in[i]``, so the gradient of
+    sum_j L_j at that leaf is dL_i/d rep, and head i's parameters only receive dL_i."""
+    heads = model.head_parameters()
+    n = len(head_in)
+    g = torch.autograd.grad(losses.sum(), [*head_in, *heads], retain_graph=True,
+                            allow_unused=True)
+    parts = [[gi if gi is not None else torch.zeros_like(x)] for gi, x in zip(g[:n], head_in)]
+    owner = {id(p): i for i, head in enumerate(model.heads) for p in head.parameters()}
+    extras: list[list[Tensor | None]] = [[None] * len(heads) for _ in range(n)]
+    for k, (p, gp) in enumerate(zip(heads, g[n:])):
+        if gp is not None:
+            extras[owner[id(p)]][k] = gp
+    return TaskGradients(parts, "rep"), extras
+
+
 def _sum_pieces(coef: Tensor | None, pieces: list[list[Tensor | None]]) -> list[Tensor | None]:
     """sum_i coef_i pieces[i][k] for every k, skipping pieces that are None."""
     out: list[Tensor | None] = [None] * len(pieces[0])
@@ -406,11 +424,14 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
     at: list[Tensor] = []
     heads: list[Tensor] = []
     head_grads: list[list[Tensor | None]] = []
-    if source is not None:
-        at = {"last": model.last_shared_parameters, "shared": model.shared_parameters,
-              "rep": lambda: head_in}[source]()
-        # with these sources the heads' gradients come out of the same per-task calls
-        heads = model.head_parameters() if source in ("shared", "rep") else []
+    if source == "rep":
+        at = head_in
+        heads = model.head_parameters()
+        grads, head_grads = representation_gradients(losses, head_in, model)
+    elif source is not None:
+        at = {"last": model.last_shared_parameters, "shared": model.shared_parameters}[source]()
+        # with the shared source the heads' gradients come out of the same per-task calls
+        heads = model.head_parameters() if source == "shared" else []
         grads, head_grads = task_gradients(losses, at, source, heads)
     update = strategy.combine(losses, grads)
     sync()
