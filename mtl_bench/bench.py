@@ -41,18 +41,17 @@ def reference_setup(strategy: str, params: dict[str, Any] | None = None, n_tasks
     strat = build_strategy(strategy, params or {})
     strat.setup([t.info for t in tasks], seed=seed)
     opt = make_optimizer(model, strat, 1e-3, 0.0)
-    sopt = None
     x = torch.randn(batch, REFERENCE_IN)
     targets = [torch.randint(0, REFERENCE_CLASSES, (batch,)) if t.kind == CLASSIFICATION
                else torch.randn(batch) for t in tasks]
-    return model, tasks, strat, (x,), targets, opt, sopt
+    return model, tasks, strat, (x,), targets, opt
 
 
 def steps_per_second(setup, steps: int) -> float:
-    model, tasks, strat, inputs, targets, opt, sopt = setup
+    model, tasks, strat, inputs, targets, opt = setup
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, tasks, strat, inputs, targets, opt, sopt)
+        train_step(model, tasks, strat, inputs, targets, opt)
     return steps / (time.perf_counter() - start)
 
 

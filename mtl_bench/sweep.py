@@ -217,8 +217,7 @@ def validate_all(configs: Sequence[RunConfig]) -> None:
             validate(c)
 
 
-def plan(configs: Sequence[RunConfig], store: RunStore,
-         retry_failed: bool = False) -> list[tuple[RunConfig, str | None]]:
+def plan(configs: Sequence[RunConfig], store: RunStore) -> list[tuple[RunConfig, str | None]]:
     """Each config with its stored status: None (to run), ok, failed, or corrupt (to rerun)."""
     return [(c, store.status(c.task, c.run_id)) for c in configs]
 

@@ -405,13 +405,14 @@ class _Timer:
 
 def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
                inputs: Sequence[Tensor], targets: Sequence[Tensor],
-               optimizer: torch.optim.Optimizer, strategy_optimizer: torch.optim.Optimizer | None,
-               sync: Callable[[], None] = lambda: None, want_diag: bool = False):
+               optimizer: torch.optim.Optimizer, sync: Callable[[], None] = lambda: None,
+               want_diag: bool = False):
     """One step for any strategy family.
 
     Returns (losses, weights, durations, diagnostics); durations are seconds spent in forward,
-    strategy (task gradients + combine + strategy optimiser + after_step), backward and the
-    model's optimiser step. Diagnostics, when asked for, are taken outside the timed phases.
+    strategy (task gradients + combine + after_step), backward and the optimiser step (one
+    optimiser holds the model's and the strategy's parameters, see :func:`make_optimizer`).
+    Diagnostics, when asked for, are taken outside the timed phases.
     """
     source = strategy.grad_source
     t0 = time.perf_counter()
@@ -447,8 +448,6 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
     t2b = time.perf_counter()
 
     optimizer.zero_grad(set_to_none=True)
-    if strategy_optimizer is not None:
-        strategy_optimizer.zero_grad(set_to_none=True)
     applied = None
     if grads is None:
         if update.loss is None:
@@ -488,8 +487,6 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
     optimizer.step()
     sync()
     t4 = time.perf_counter()
-    if strategy_optimizer is not None:
-        strategy_optimizer.step()
     strategy.after_step()
     sync()
     t5 = time.perf_counter()
@@ -578,7 +575,6 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
     }
 
     optimizer = make_optimizer(model, strategy, config.lr, config.weight_decay)
-    strategy_optimizer = None
     sync = _sync(device)
     timer = _Timer(sync)
     gen = torch.Generator().manual_seed(config.seed)
@@ -609,8 +605,8 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
             for inputs, targets in iterate_batches(data.train, config.batch_size, gen,
                                                    config.sampling):
                 losses, weights, durations, diag = train_step(
-                    model, tasks, strategy, inputs, targets, optimizer, strategy_optimizer,
-                    sync, want_diag=step % diag_every == 0)
+                    model, tasks, strategy, inputs, targets, optimizer, sync,
+                    want_diag=step % diag_every == 0)
                 if not bool(torch.isfinite(losses).all()):
                     raise RunDiverged(epoch, step, losses.tolist())
                 timer.record(durations, sum(len(x) for x in inputs))

@@ -124,7 +124,7 @@ def test_gradnorm_weight_update_matches_hand_computation():
         xs, yss = x.double().numpy(), [y.double().numpy() for y in ys]
         expected_w, losses = _hand_gradnorm_step(W, H, xs, yss, w, L0, 0.5, 0.01)
         L0 = losses if L0 is None else L0
-        train_step(model, tasks, s, (x,), ys, opt, None)
+        train_step(model, tasks, s, (x,), ys, opt)
         np.testing.assert_allclose(s.w.detach().numpy(), expected_w, rtol=1e-4)
         w = expected_w
     assert s.w.sum().item() == pytest.approx(2.0)
@@ -139,7 +139,7 @@ def test_gradnorm_model_gradient_is_weighted_sum_of_task_gradients():
     with torch.no_grad():
         s.w.copy_(torch.tensor([0.7, 1.3]))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    train_step(model, tasks, s, (x,), ys, opt, None)
+    train_step(model, tasks, s, (x,), ys, opt)
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     out = [h(model.trunk(x)).squeeze(-1) for h in model.heads]

@@ -251,7 +251,7 @@ def test_gradnorm_layer_decides_where_norms_are_taken():
             return _original(losses, grads)
 
         s.combine = spy
-        train_step(model, tasks, s, (x,), ys, torch.optim.SGD(model.parameters(), lr=0.0), None)
+        train_step(model, tasks, s, (x,), ys, torch.optim.SGD(model.parameters(), lr=0.0))
         source, norms = seen[layer]
         assert source == {"last": "last", "all": "shared", "rep": "rep"}[layer]
         torch.testing.assert_close(norms, _expected_norms(model, x, ys, layer))

@@ -48,7 +48,7 @@ def test_gradient_level_path_with_equal_weights_matches_fixed(source):
         model, tasks, x, ys = _net()
         strat.setup([t.info for t in tasks])
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        train_step(model, tasks, strat, (x,), ys, opt, None)
+        train_step(model, tasks, strat, (x,), ys, opt)
         grads[name] = [p.grad.clone() for p in model.parameters()]
     for a, b in zip(grads["fixed"], grads["grad"]):
         torch.testing.assert_close(a, b)

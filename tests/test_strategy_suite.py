@@ -205,7 +205,7 @@ def check_training_reduces_loss(cls: type[Strategy], steps: int = 50) -> None:
     for step in range(steps):
         idx = torch.randint(0, len(x), (32,), generator=gen)
         losses, weights, _, _ = train_step(model, tasks, strategy, (x[idx],),
-                                           (y_reg[idx], y_cls[idx]), optimizer, None)
+                                           (y_reg[idx], y_cls[idx]), optimizer)
         assert bool(torch.isfinite(losses).all()) and bool(torch.isfinite(weights).all())
         epoch_losses.append(losses)
         if (step + 1) % 10 == 0:

@@ -28,15 +28,14 @@ TRAIN_BUDGET_S = 20.0
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_train_step(benchmark, strategy, n_tasks):
     """One training step (forward, strategy, backward, optimiser) on the reference net."""
-    model, tasks, strat, inputs, targets, opt, sopt = reference_setup(strategy, n_tasks=n_tasks)
+    model, tasks, strat, inputs, targets, opt = reference_setup(strategy, n_tasks=n_tasks)
     for _ in range(3):  # lazy initialisation and allocator warm-up stay out of the timing
-        train_step(model, tasks, strat, inputs, targets, opt, sopt)
+        train_step(model, tasks, strat, inputs, targets, opt)
     benchmark.group = f"train_step, {n_tasks} tasks"
     benchmark.extra_info.update(strategy=str(strat), family=type(strat).family,
                                 grad_source=strat.grad_source, n_tasks=n_tasks,
                                 batch=REFERENCE_BATCH, threads=torch.get_num_threads())
-    losses, weights, _, _ = benchmark(train_step, model, tasks, strat, inputs, targets, opt,
-                                      sopt)
+    losses, weights, _, _ = benchmark(train_step, model, tasks, strat, inputs, targets, opt)
     benchmark.extra_info["last_losses"] = [round(v, 6) for v in losses.tolist()]
     assert torch.isfinite(losses).all() and torch.isfinite(weights).all()
 
@@ -57,7 +56,7 @@ def _train(pair_name):
     start, epochs = time.perf_counter(), 0
     while epochs < cls.epochs and time.perf_counter() - start < TRAIN_BUDGET_S:
         for inputs, targets in iterate_batches(data.train, cls.batch_size, gen, "proportional"):
-            train_step(model, tasks, strategy, inputs, targets, opt, None)
+            train_step(model, tasks, strategy, inputs, targets, opt)
         epochs += 1
     return model, tasks, data, epochs
 
