@@ -28,18 +28,20 @@ from mtl_bench.aggregate import (
     REFERENCE,
     SETTING,
     SINGLE_TASK,
-    Display,
     Tables,
+    pareto_points,
+    setting_label,
+    slugify,
+)
+from mtl_bench.display import (
+    Display,
     cross_pair_display,
     failed_display,
     fmt_ci,
     fmt_number,
     fmt_p,
     markdown_table,
-    pareto_points,
     setting_displays,
-    setting_label,
-    slugify,
 )
 from mtl_bench.errors import UserError
 from mtl_bench.store import METRIC, SPLIT, STRATEGY, TASK, atomic_write_text

@@ -37,9 +37,11 @@ from mtl_bench.aggregate import (
     REFERENCE,
     SETTING,
     SINGLE_TASK,
-    Display,
     Tables,
     aggregate_records,
+)
+from mtl_bench.display import (
+    Display,
     comparison_display,
     fmt_ci,
     fmt_number,

@@ -11,7 +11,7 @@ import torch
 from scipy import stats as sps
 
 from mtl_bench import aggregate as agg
-from mtl_bench import registry, stats
+from mtl_bench import display, registry, stats
 from mtl_bench.cli import main
 from mtl_bench.errors import UserError
 from mtl_bench.store import RunStore
@@ -146,7 +146,7 @@ def test_trajectory_tables(real_tables):
 
 
 def test_write_read_round_trip_and_markdown(tmp_path, real_tables):
-    real_tables.write(tmp_path)
+    display.write_tables(real_tables, tmp_path)
     back = agg.Tables.read(tmp_path)
     assert back.meta["settings"][0]["roles"] == real_tables.meta["settings"][0]["roles"]
     pd.testing.assert_frame_equal(back["summary"], real_tables["summary"], check_dtype=False)
@@ -158,7 +158,7 @@ def test_write_read_round_trip_and_markdown(tmp_path, real_tables):
 
 def test_bootstrap_option(real_records):
     tables = agg.aggregate_records(real_records, ci="bootstrap")
-    text = agg.comparison_display(tables, "clsreg").text
+    text = display.comparison_display(tables, "clsreg").text
     assert text.iloc[0, 2].count("[") == 1  # mean [low, high]
 
 
@@ -172,11 +172,11 @@ def test_failed_runs_are_counted_never_dropped(real_records):
     tables = agg.aggregate_records([*real_records, failed, all_failed])
     summ = tables["summary"].query("strategy == 'dwa'")
     assert set(summ["n_runs"]) == {4} and set(summ["n_failed"]) == {1} and set(summ["n"]) == {3}
-    text = agg.comparison_display(tables, "clsreg").text.set_index("strategy")
+    text = display.comparison_display(tables, "clsreg").text.set_index("strategy")
     assert text.loc["dwa", "runs"] == "3/4 (1 failed)"
     assert text.loc["gradnorm", "runs"] == "0/1 (1 failed)"
     assert tables.meta["n_failed"] == 2
-    assert "non-finite loss" in agg.markdown_tables(tables)
+    assert "non-finite loss" in display.markdown_tables(tables)
 
 
 def test_options_and_architecture_make_separate_settings(real_records):
@@ -210,8 +210,8 @@ def test_no_single_task_runs_means_no_delta_m(real_records):
     tables = agg.aggregate_records(records)
     assert tables["delta_m"].empty
     assert any("no single-task runs" in n for n in tables.meta["settings"][0]["notes"])
-    assert "Δm%" not in agg.comparison_display(tables, "clsreg").text.columns
-    assert "Δm% not computed" in agg.markdown_tables(tables)
+    assert "Δm%" not in display.comparison_display(tables, "clsreg").text.columns
+    assert "Δm% not computed" in display.markdown_tables(tables)
 
 
 def test_reference_falls_back_to_equal_weights_from_the_sweep(real_records):
@@ -267,7 +267,7 @@ def test_wilcoxon_with_six_seeds_and_the_dagger_mark():
     row = tables["significance"].query("strategy == 'better' and metric == 'm1'").iloc[0]
     assert row["test"] == stats.WILCOXON and row["p"] == pytest.approx(2 / 64)
     assert row["better"] and row["significant"]
-    text = agg.comparison_display(tables, "toy").text.set_index("strategy")
+    text = display.comparison_display(tables, "toy").text.set_index("strategy")
     assert text.loc["better", "a m1 ↑"].endswith("†")
 
 
@@ -332,7 +332,7 @@ def test_aggregate_command_writes_tables(tmp_path, real_records, capsys):
 
 
 def test_terminal_table_still_prints(real_records):
-    text = agg.terminal_table(real_records)
+    text = display.terminal_table(real_records)
     assert "clsreg" in text and "dwa" in text and "speed vs fixed" in text
 
 

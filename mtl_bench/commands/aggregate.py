@@ -40,9 +40,10 @@ def aggregate_to(runs_dir: str | Path, out: str | Path, ci: str, level: float, a
                  quiet: bool = False):
     """Aggregate ``runs_dir`` into ``out`` and say what was written; returns the tables."""
     from mtl_bench.aggregate import aggregate_dir
+    from mtl_bench.display import write_tables
 
     tables = aggregate_dir(runs_dir, ci=ci, level=level, alpha=alpha)
-    tables.write(out)
+    write_tables(tables, out)
     if not quiet:
         m = tables.meta
         print(f"aggregated {m['n_records']} run records ({m['n_ok']} ok, {m['n_failed']} failed)"

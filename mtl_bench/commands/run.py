@@ -153,7 +153,7 @@ def _start_worker_server(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _start_worker_server(args)
-    from mtl_bench.aggregate import terminal_table
+    from mtl_bench.display import terminal_table
     from mtl_bench.store import RunStore
     from mtl_bench.sweep import (
         TUNE_LR_FACTORS,

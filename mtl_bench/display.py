@@ -1,0 +1,446 @@
+"""Tables -> what people read: the terminal table of ``run``, Markdown tables and their notes.
+
+Numbers are computed in :mod:`mtl_bench.aggregate`; this module only formats them, so that a
+sentence or a bold cell can never disagree with the table it describes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mtl_bench import stats
+from mtl_bench.aggregate import (
+    DELTA_M,
+    FRONT,
+    MARKDOWN_FILE,
+    RANKED_ROLES,
+    REFERENCE,
+    REFERENCE_STRATEGY,
+    ROLE,
+    ROLE_ORDER,
+    SETTING,
+    SINGLE_TASK,
+    Tables,
+)
+from mtl_bench.store import (
+    METRIC,
+    REASON,
+    SEED,
+    SPLIT,
+    STATUS,
+    STRATEGY,
+    TASK,
+    TASK_PAIR,
+    VALUE,
+    atomic_write_text,
+)
+
+
+# -- the terminal table printed at the end of ``run`` -----------------------------------------
+def selected_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Val and test metrics of each ok run at its selected (best-on-validation) epoch."""
+    frames = []
+    for r in records:
+        if r.get("status") != "ok" or not r.get("summary"):
+            continue
+        df = pd.DataFrame(r["summary"], columns=["epoch", SPLIT, TASK, METRIC, VALUE])
+        df[TASK_PAIR] = r["task_pair"]
+        df[STRATEGY] = r["strategy"]
+        df[SEED] = r["seed"]
+        df["architecture"] = r.get("config", {}).get("architecture", "shared")
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def terminal_table(records: list[dict[str, Any]]) -> str:
+    """Compact per-task-pair comparison printed at the end of ``run``.
+
+    Per strategy: mean (± sd over seeds) of each task's first metric on the test split at the
+    selected epoch, samples/s, and step time relative to fixed weights in the same records.
+    """
+    sel = selected_frame(records)
+    lines: list[str] = []
+    by_pair: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_pair.setdefault(r["task_pair"], []).append(r)
+    for pair, recs in sorted(by_pair.items()):
+        first_metric = {}
+        for r in recs:
+            for t in r.get("tasks", []):
+                first_metric.setdefault(t["name"], t["metrics"][0])
+        rows = []
+        strategies = sorted({r["strategy"] for r in recs})
+        speed: dict[str, list[float]] = {}
+        for r in recs:
+            sps = r.get("throughput", {}).get("samples_per_s")
+            if r.get("status") == "ok" and sps:
+                speed.setdefault(r["strategy"], []).append(sps)
+        ref = np.mean(speed[REFERENCE_STRATEGY]) if REFERENCE_STRATEGY in speed else None
+        for s in strategies:
+            rs = [r for r in recs if r["strategy"] == s]
+            n_ok = sum(r.get("status") == "ok" for r in rs)
+            row: dict[str, Any] = {"strategy": s, "runs": f"{n_ok}/{len(rs)}"}
+            for task, metric in first_metric.items():
+                if sel.empty:
+                    vals = pd.Series(dtype=float)
+                else:
+                    m = ((sel[TASK_PAIR] == pair) & (sel[STRATEGY] == s) & (sel[SPLIT] == "test")
+                         & (sel[TASK] == task) & (sel[METRIC] == metric))
+                    vals = sel.loc[m, VALUE]
+                row[f"{task} {metric}"] = _mean_sd(vals)
+            sp = speed.get(s)
+            row["samples/s"] = f"{np.mean(sp):,.0f}" if sp else "-"
+            row["speed vs fixed"] = f"{np.mean(sp) / ref:.2f}x" if sp and ref else "-"
+            rows.append(row)
+        lines.append(f"\n{pair}  (test split, epoch selected on validation)")
+        lines.append(pd.DataFrame(rows).to_string(index=False))
+        failed = [r for r in recs if r.get("status") != "ok"]
+        for r in failed:
+            lines.append(f"  failed: {r['strategy']} seed {r['seed']}: {r.get('reason', '')}")
+    return "\n".join(lines)
+
+
+def _mean_sd(values: pd.Series) -> str:
+    v = values.dropna().to_numpy(dtype=float)
+    if len(v) == 0:
+        return "-"
+    if len(v) == 1:
+        return _fmt(v[0])
+    return f"{_fmt(v.mean())} ± {_fmt(v.std(ddof=1))}"
+
+
+def _fmt(x: float) -> str:
+    if x != x:
+        return "nan"
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+# -- presentation (shared by tables.md and the report) -----------------------------------------
+def fmt_number(x: float, half: float = math.nan) -> str:
+    """Decimals follow the uncertainty: two significant digits of the CI half-width; without
+    one, three significant digits of the value."""
+    if x is None or not np.isfinite(x):
+        return "-"
+    if half is not None and np.isfinite(half) and half > 0:
+        decimals = int(min(6, max(0, 1 - math.floor(math.log10(half)))))
+        return f"{x:,.{decimals}f}"
+    a = abs(x)
+    if a == 0:
+        return "0"
+    if a >= 100:
+        return f"{x:,.0f}"
+    decimals = int(min(6, max(0, 2 - math.floor(math.log10(a)))))
+    return f"{x:.{decimals}f}"
+
+
+def fmt_ci(mean: float, low: float, high: float, method: str = "t") -> str:
+    """``0.952 ± 0.012`` (t) or ``0.952 [0.941, 0.960]`` (bootstrap); the mean alone if n < 2."""
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return fmt_number(mean)
+    half = (high - low) / 2
+    if method == "t":
+        return f"{fmt_number(mean, half)} ± {fmt_number(half, half)}"
+    return f"{fmt_number(mean, half)} [{fmt_number(low, half)}, {fmt_number(high, half)}]"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def arrow(higher_is_better: bool | None) -> str:
+    return "" if higher_is_better is None else ("↑" if higher_is_better else "↓")
+
+
+@dataclass
+class Display:
+    """A table ready to render: text cells and which cells to set in bold."""
+
+    title: str
+    text: pd.DataFrame
+    bold: pd.DataFrame
+    note: str = ""
+
+
+def _runs_text(n_runs: int, n_failed: int) -> str:
+    ok = n_runs - n_failed
+    return f"{ok}/{n_runs}" + (f" ({n_failed} failed)" if n_failed else "")
+
+
+def comparison_display(tables: Tables, label: str) -> Display:
+    """Strategies x test metrics (mean ± CI, n per cell), Δm% and mean rank for one setting."""
+    meta = tables.setting(label)
+    method = tables.meta["ci"]["method"]
+    summ = tables["summary"][tables["summary"][SETTING] == label]
+    dm = tables["delta_m"][tables["delta_m"][SETTING] == label]
+    rk = tables["ranks"][tables["ranks"][SETTING] == label]
+    sig = tables["significance"][tables["significance"][SETTING] == label]
+    cols = [(t["name"], m) for t in meta["tasks"] for m in t["metrics"]]
+    order = sorted(meta["strategies"], key=lambda lb: (
+        ROLE_ORDER[meta["roles"][lb]], _rank_of(rk, lb), meta["front_weights"].get(lb, 0), lb))
+    text_rows, bold_rows = [], []
+    for lb in order:
+        role = meta["roles"][lb]
+        cells = summ[summ[STRATEGY] == lb]
+        name = lb + {REFERENCE: " (reference)", FRONT: " (front)"}.get(role, "")
+        runs = _runs_of(tables, label, lb)
+        trow = {"strategy": name, "runs": _runs_text(*runs)}
+        brow = {"strategy": False, "runs": False}
+        n_ok = runs[0] - runs[1] if role != SINGLE_TASK else None
+        for task, metric in cols:
+            key = f"{task} {metric} {arrow(meta['directions'].get(metric))}".strip()
+            c = cells[(cells[TASK] == task) & (cells[METRIC] == metric)]
+            if c.empty or c["n_runs"].iloc[0] == 0:
+                trow[key], brow[key] = "", False
+                continue
+            c = c.iloc[0]
+            txt = fmt_ci(c["mean"], c["ci_low"], c["ci_high"], method)
+            expected = n_ok if n_ok is not None else c["n_runs"] - c["n_failed"]
+            if c["n"] != expected:
+                txt += f" (n={int(c['n'])})"
+            s = sig[(sig[STRATEGY] == lb) & (sig[TASK] == task) & (sig[METRIC] == metric)]
+            if not s.empty and bool(s["significant"].iloc[0]):
+                txt += " †"
+            trow[key], brow[key] = txt, bool(c["best"])
+        if not dm.empty:
+            d = dm[dm[STRATEGY] == lb]
+            if d.empty:
+                trow["Δm% ↓"] = ""
+            else:
+                d = d.iloc[0]
+                txt = fmt_ci(d["mean"], d["ci_low"], d["ci_high"], method)
+                s = sig[(sig[STRATEGY] == lb) & (sig[METRIC] == DELTA_M)]
+                if not s.empty and bool(s["significant"].iloc[0]):
+                    txt += " †"
+                trow["Δm% ↓"] = txt + (f" (n={int(d['n'])})" if d["n"] != n_ok else "")
+            brow["Δm% ↓"] = False
+        r = rk[rk[STRATEGY] == lb]
+        trow["mean rank ↓"] = fmt_number(r["mean_rank"].iloc[0]) if not r.empty else ""
+        brow["mean rank ↓"] = False
+        text_rows.append(trow)
+        bold_rows.append(brow)
+    text = pd.DataFrame(text_rows)
+    bold = pd.DataFrame(bold_rows).astype(bool)
+    ranked = [meta["roles"][lb] in RANKED_ROLES for lb in order]
+    for col in ("Δm% ↓", "mean rank ↓"):
+        if col not in text:
+            continue
+        src = dm if col.startswith("Δ") else rk
+        vcol = "mean" if col.startswith("Δ") else "mean_rank"
+        vals = [float(src.loc[src[STRATEGY] == lb, vcol].iloc[0])
+                if ok and (src[STRATEGY] == lb).any() else math.nan
+                for lb, ok in zip(order, ranked)]
+        if np.isfinite(vals).any():
+            best = np.nanmin(vals)
+            bold[col] = [bool(np.isfinite(v) and math.isclose(v, best)) for v in vals]
+    level = int(round(tables.meta["ci"]["level"] * 100))
+    interval = "t-interval" if method == "t" else "percentile bootstrap"
+    shape = "mean ± half-width of the" if method == "t" else "mean [bounds of the]"
+    note = (f"Test split at the epoch selected on validation; {shape} {level}% CI over seeds "
+            f"({interval}); best per column in bold among ranked strategies")
+    note += (f"; † differs from {meta['reference']} at p < {tables.meta['alpha']:g} (paired "
+             "over seeds)." if meta["reference"] else ".")
+    return Display(f"Test metrics: {label}", text, bold, note)
+
+
+def _rank_of(ranks: pd.DataFrame, lb: str) -> float:
+    r = ranks.loc[ranks[STRATEGY] == lb, "mean_rank"]
+    return float(r.iloc[0]) if len(r) and np.isfinite(r.iloc[0]) else math.inf
+
+
+def _runs_of(tables: Tables, label: str, lb: str) -> tuple[int, int]:
+    runs = tables["runs"]
+    rs = runs[(runs[SETTING] == label) & (runs[STRATEGY] == lb)]
+    return len(rs), int((rs[STATUS] != "ok").sum())
+
+
+def significance_display(tables: Tables, label: str, include_front: bool = False
+                         ) -> Display | None:
+    """Per strategy: test used, n pairs, and mean difference with p per metric (and Δm%)."""
+    meta = tables.setting(label)
+    sig = tables["significance"][tables["significance"][SETTING] == label]
+    if not include_front:
+        sig = sig[sig[ROLE] != FRONT]
+    if sig.empty:
+        return None
+    cols = [(t["name"], m) for t in meta["tasks"] for m in t["metrics"]]
+    if (sig[METRIC] == DELTA_M).any():
+        cols.append(("", DELTA_M))
+    text_rows, bold_rows = [], []
+    for lb in [s for s in meta["strategies"] if s in set(sig[STRATEGY])]:
+        rows = sig[sig[STRATEGY] == lb]
+        tests = sorted({t for t in rows["test"] if isinstance(t, str) and t})
+        trow = {"strategy": lb, "test": ", ".join(tests) or "-",
+                "n": str(int(rows["n"].max())) if len(rows) else "0"}
+        brow = dict.fromkeys(trow, False)
+        for task, metric in cols:
+            key = "Δm%" if metric == DELTA_M else f"{task} {metric}"
+            r = rows[(rows[TASK].fillna("") == task) & (rows[METRIC] == metric)]
+            if r.empty or not r["n"].iloc[0]:
+                trow[key], brow[key] = "-", False
+                continue
+            r = r.iloc[0]
+            trow[key] = f"{r['mean_diff']:+.3g}, p={fmt_p(r['p'])}"
+            brow[key] = bool(r["significant"])
+        text_rows.append(trow)
+        bold_rows.append(brow)
+    ref = meta["reference"]
+    alpha = tables.meta["alpha"]
+    note = (f"Difference to {ref} (strategy minus {ref}, paired by seed) and two-sided p; bold: "
+            f"p < {alpha:g}. {stats.WILCOXON} test with >= {stats.WILCOXON_MIN_N} pairs, else "
+            f"the {stats.SIGN_FLIP} test (with n pairs no p below 2/2^n is possible). "
+            "No correction for multiple comparisons.")
+    return Display(f"Paired tests against {ref}: {label}", pd.DataFrame(text_rows),
+                   pd.DataFrame(bold_rows).astype(bool), note)
+
+
+def throughput_display(tables: Tables, label: str) -> Display | None:
+    tp = tables["throughput"][tables["throughput"][SETTING] == label]
+    tp = tp[tp[ROLE].isin(RANKED_ROLES) & (tp["n"] > 0)]
+    if tp.empty:  # no timed runs (all failed, or records without throughput)
+        return None
+    method = tables.meta["ci"]["method"]
+    meta = tables.setting(label)
+    text_rows, bold_rows = [], []
+    for _, r in tp.iterrows():
+        text_rows.append({
+            "strategy": r[STRATEGY], "n": str(int(r["n"])),
+            "samples/s": fmt_ci(r["samples_per_s"], r["samples_per_s_low"],
+                                r["samples_per_s_high"], method),
+            "forward ms": fmt_number(r["forward_ms"]), "strategy ms": fmt_number(r["strategy_ms"]),
+            "backward ms": fmt_number(r["backward_ms"]),
+            "optimizer ms": fmt_number(r["optimizer_ms"]), "step ms": fmt_number(r["step_ms"]),
+            f"step time / {meta['reference'] or 'reference'}":
+                f"{r['overhead']:.2f}×" if np.isfinite(r["overhead"]) else "-",
+            "peak memory MB": fmt_number(r["peak_memory_mb"])})
+        bold_rows.append(dict.fromkeys(text_rows[-1], False))
+    text = pd.DataFrame(text_rows)
+    bold = pd.DataFrame(bold_rows).astype(bool)
+    for col, src, better_high in (("samples/s", "samples_per_s", True),
+                                  ("step ms", "step_ms", False)):
+        vals = tp[src].to_numpy(dtype=float)
+        if np.isfinite(vals).any():
+            best = np.nanmax(vals) if better_high else np.nanmin(vals)
+            bold[col] = np.isclose(vals, best)
+    devices = ", ".join(sorted({d for d in tp["device"] if isinstance(d, str) and d}))
+    note = (f"Mean over runs on {devices or 'unknown device'}; the step-time ratio compares with "
+            "the reference measured on the same machine, device and thread count. Peak memory "
+            "is the process's peak resident set on CPU, allocated device memory on CUDA.")
+    return Display(f"Throughput: {label}", text, bold, note)
+
+
+def cross_pair_display(tables: Tables) -> Display | None:
+    cross = tables["cross_pair"]
+    if cross.empty or len(tables.meta["settings"]) < 2:
+        return None
+    rows, bold = [], []
+    for _, r in cross.iterrows():
+        rows.append({"strategy": r[STRATEGY], "settings": str(int(r["n_settings"])),
+                     "mean of mean ranks ↓": fmt_number(r["mean_rank"]),
+                     "Friedman rank ↓": fmt_number(r["friedman_rank"])})
+        bold.append(dict.fromkeys(rows[-1], False))
+    text = pd.DataFrame(rows)
+    b = pd.DataFrame(bold).astype(bool)
+    for col, src in (("mean of mean ranks ↓", "mean_rank"), ("Friedman rank ↓", "friedman_rank")):
+        vals = cross[src].to_numpy(dtype=float)
+        if np.isfinite(vals).any():
+            b[col] = np.isclose(vals, np.nanmin(vals))
+    return Display("Across task pairs and settings", text, b, friedman_sentence(tables))
+
+
+def friedman_sentence(tables: Tables) -> str:
+    f = tables.meta.get("friedman") or {}
+    if "statistic" not in f:
+        return f"No Friedman test: {f.get('reason', 'not enough data')}."
+    text = (f"Friedman test over {f['n_blocks']} settings and {f['k']} strategies: "
+            f"χ² = {f['statistic']:.2f}, p = {fmt_p(f['p'])}. Nemenyi critical difference at "
+            f"α = {f['alpha']:g}: CD = {f['cd']:.2f} (q = {f['q_alpha']:.3f}).")
+    if f.get("excluded"):
+        text += " Not ranked in every setting, left out: " + ", ".join(f["excluded"]) + "."
+    return text
+
+
+def failed_display(tables: Tables) -> Display | None:
+    runs = tables["runs"]
+    failed = runs[runs[STATUS] != "ok"]
+    if failed.empty:
+        return None
+    rows = [{"setting": r[SETTING], "strategy": r[STRATEGY], "seed": str(r[SEED]),
+             "epoch": "" if pd.isna(r["failed_epoch"]) else str(int(r["failed_epoch"])),
+             "reason": str(r[REASON])[:160]} for _, r in failed.iterrows()]
+    text = pd.DataFrame(rows)
+    return Display("Failed runs", text, pd.DataFrame(False, index=text.index,
+                                                     columns=text.columns),
+                   "Failed runs are counted in every table (column runs) and never averaged.")
+
+
+def markdown_table(display: Display) -> str:
+    """GitHub-flavoured Markdown table; bold cells as ``**x**``; pipes escaped."""
+    text, bold = display.text, display.bold
+    if text.empty:
+        return ""
+
+    def cell(value: Any, strong: bool) -> str:
+        s = str(value).replace("|", "\\|").replace("\n", " ")
+        return f"**{s}**" if strong and s not in ("", "-") else s
+
+    header = "| " + " | ".join(str(c) for c in text.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in text.columns) + " |"
+    lines = [header, rule]
+    for i in range(len(text)):
+        lines.append("| " + " | ".join(cell(text.iat[i, j], bool(bold.iat[i, j]))
+                                       for j in range(text.shape[1])) + " |")
+    return "\n".join(lines)
+
+
+def setting_displays(tables: Tables, label: str) -> list[Display]:
+    out = [comparison_display(tables, label)]
+    for d in (significance_display(tables, label), throughput_display(tables, label)):
+        if d is not None:
+            out.append(d)
+    return out
+
+
+def markdown_tables(tables: Tables) -> str:
+    """Every table in Markdown (what ``aggregate`` writes to ``tables.md``)."""
+    parts = ["# Aggregated tables", ""]
+    m = tables.meta
+    parts.append(f"{m['n_records']} run records ({m['n_ok']} ok, {m['n_failed']} failed"
+                 + (f", {len(m['corrupt'])} corrupt files skipped" if m["corrupt"] else "")
+                 + ").")
+    for s in m["settings"]:
+        parts += ["", f"## {s['label']}", ""]
+        for note in s["notes"]:
+            parts.append(f"- {note}")
+        for d in setting_displays(tables, s["label"]):
+            parts += ["", f"### {d.title}", "", markdown_table(d), "", d.note]
+    for d in (cross_pair_display(tables), failed_display(tables)):
+        if d is not None:
+            parts += ["", f"## {d.title}", "", markdown_table(d), "", d.note]
+    if len(m["settings"]) < 2:
+        parts += ["", friedman_sentence(tables)]
+    return "\n".join(parts) + "\n"
+
+
+def write_tables(tables: Tables, folder: str | Path) -> list[Path]:
+    """Every table file (CSV, ``meta.json``) plus ``tables.md``, each written atomically."""
+    written = tables.write(folder)
+    path = Path(folder) / MARKDOWN_FILE
+    atomic_write_text(path, markdown_tables(tables))
+    return [*written, path]
