@@ -6,6 +6,7 @@ metrics take predictions and targets (N,) in the target's original units. All re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,19 +20,34 @@ class Metric:
     fn: Callable[[np.ndarray, np.ndarray], float]
     kind: str  # "classification" or "regression"
     description: str = ""
+    #: The range the metric can take: intervals over seeds stay inside it, and model selection
+    #: measures progress as the fraction of the gap to the ideal end closed (see ``ideal``).
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+
+    @property
+    def ideal(self) -> float:
+        """The best value the metric can take (1 for accuracy, 0 for an error), NaN if none."""
+        return self.bounds[1] if self.higher_is_better else self.bounds[0]
+
+    @property
+    def unit_interval(self) -> bool:
+        return self.bounds == (0.0, 1.0)
 
     def __call__(self, pred: np.ndarray, target: np.ndarray) -> float:
         return float(self.fn(np.asarray(pred), np.asarray(target)))
 
 
 METRICS: dict[str, Metric] = {}
+UNIT, NON_NEGATIVE = (0.0, 1.0), (0.0, math.inf)
 
 
-def metric(name: str, higher_is_better: bool, kind: str, description: str = ""):
+def metric(name: str, higher_is_better: bool, kind: str, description: str = "",
+           bounds: tuple[float, float] = (-math.inf, math.inf)):
     def decorator(fn):
         if name in METRICS:
             raise ValueError(f"metric '{name}' is already defined")
-        METRICS[name] = Metric(name, higher_is_better, fn, kind, description)
+        METRICS[name] = Metric(name, higher_is_better, fn, kind, description,
+                               (float(bounds[0]), float(bounds[1])))
         return fn
 
     return decorator
@@ -112,30 +128,30 @@ def _present(proba: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.union1d(np.unique(target.astype(int)), np.unique(proba.argmax(axis=1))).clip(0, c - 1)
 
 
-@metric("accuracy", True, "classification", "fraction of correct argmax predictions")
+@metric("accuracy", True, "classification", "fraction of correct argmax predictions", UNIT)
 def accuracy(proba: np.ndarray, target: np.ndarray) -> float:
     return float((proba.argmax(axis=1) == target.astype(int)).mean())
 
 
-@metric("macro_f1", True, "classification", "unweighted mean of per-class F1")
+@metric("macro_f1", True, "classification", "unweighted mean of per-class F1", UNIT)
 def macro_f1(proba: np.ndarray, target: np.ndarray) -> float:
     _, _, f1, _ = per_class_precision_recall_f1(proba, target)
     return float(f1[_present(proba, target)].mean())
 
 
-@metric("precision", True, "classification", "macro-averaged precision")
+@metric("precision", True, "classification", "macro-averaged precision", UNIT)
 def macro_precision(proba: np.ndarray, target: np.ndarray) -> float:
     p, _, _, _ = per_class_precision_recall_f1(proba, target)
     return float(p[_present(proba, target)].mean())
 
 
-@metric("recall", True, "classification", "macro-averaged recall")
+@metric("recall", True, "classification", "macro-averaged recall", UNIT)
 def macro_recall(proba: np.ndarray, target: np.ndarray) -> float:
     _, r, _, _ = per_class_precision_recall_f1(proba, target)
     return float(r[_present(proba, target)].mean())
 
 
-@metric("ece", False, "classification", "expected calibration error, 15 equal-width bins")
+@metric("ece", False, "classification", "expected calibration error, 15 equal-width bins", UNIT)
 def expected_calibration_error(proba: np.ndarray, target: np.ndarray, n_bins: int = 15) -> float:
     """ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)| over equal-width confidence bins."""
     conf = proba.max(axis=1)
@@ -149,7 +165,7 @@ def expected_calibration_error(proba: np.ndarray, target: np.ndarray, n_bins: in
     return float(ece)
 
 
-@metric("auroc", True, "classification", "macro one-vs-rest area under the ROC curve")
+@metric("auroc", True, "classification", "macro one-vs-rest area under the ROC curve", UNIT)
 def auroc(proba: np.ndarray, target: np.ndarray) -> float:
     from scipy.stats import rankdata
 
@@ -166,17 +182,18 @@ def auroc(proba: np.ndarray, target: np.ndarray) -> float:
 
 
 # -- regression --------------------------------------------------------------------------------
-@metric("mae", False, "regression", "mean absolute error, target units")
+@metric("mae", False, "regression", "mean absolute error, target units", NON_NEGATIVE)
 def mae(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.abs(pred - target).mean())
 
 
-@metric("rmse", False, "regression", "root mean squared error, target units")
+@metric("rmse", False, "regression", "root mean squared error, target units",
+        NON_NEGATIVE)
 def rmse(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(((pred - target) ** 2).mean()))
 
 
-@metric("r2", True, "regression", "coefficient of determination")
+@metric("r2", True, "regression", "coefficient of determination", (-math.inf, 1.0))
 def r2(pred: np.ndarray, target: np.ndarray) -> float:
     ss_res = ((target - pred) ** 2).sum()
     ss_tot = ((target - target.mean(axis=0)) ** 2).sum()

@@ -22,6 +22,8 @@ from mtl_bench.metrics import get_metric
 from mtl_bench.strategy import CLASSIFICATION, REGRESSION, TaskInfo
 
 ARCHITECTURES = ("shared", "separate")
+#: Primary metric of a task that does not name one (when the task reports it).
+DEFAULT_PRIMARY = {CLASSIFICATION: "accuracy", REGRESSION: "mae"}
 SAMPLING_POLICIES = ("proportional", "equal", "temperature")
 
 
@@ -64,7 +66,12 @@ def bce_onehot_loss(output: Tensor, target: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Task:
-    """One task of a pair: its loss, output width and metrics (first metric selects models)."""
+    """One task of a pair: its loss, output width and metrics.
+
+    ``primary`` is the metric that speaks for the task in every summary (model selection,
+    Delta_m%, ranks, the report's sentences); default: accuracy for classification, MAE for
+    regression when the task reports them, else its first metric. The others stay in the tables.
+    """
 
     name: str
     kind: str  # CLASSIFICATION or REGRESSION
@@ -72,6 +79,7 @@ class Task:
     metrics: tuple[str, ...]
     loss: Callable[[Tensor, Tensor], Tensor] | None = None
     proba: Callable[[Tensor], Tensor] = softmax_proba
+    primary: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in (CLASSIFICATION, REGRESSION):
@@ -81,6 +89,15 @@ class Task:
                 raise ValueError(f"task '{self.name}': metric '{m}' is not a {self.kind} metric")
         if self.loss is None:
             object.__setattr__(self, "loss", ce_loss if self.kind == CLASSIFICATION else mse_loss)
+        if not self.metrics:
+            raise ValueError(f"task '{self.name}': needs at least one metric")
+        if self.primary is None:
+            preferred = DEFAULT_PRIMARY[self.kind]
+            object.__setattr__(self, "primary",
+                               preferred if preferred in self.metrics else self.metrics[0])
+        elif self.primary not in self.metrics:
+            raise ValueError(f"task '{self.name}': primary metric '{self.primary}' is not one of "
+                             f"its metrics ({', '.join(self.metrics)})")
 
     @property
     def info(self) -> TaskInfo:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import os
 import platform
 import resource
@@ -31,6 +30,7 @@ from torch import Tensor
 from mtl_bench import registry
 from mtl_bench.errors import RunDiverged, UserError
 from mtl_bench.metrics import get_metric
+from mtl_bench.selection import DEFAULT_SELECT, Selector, check_rule
 from mtl_bench.strategy import REGRESSION, Strategy, TaskGradients, label
 from mtl_bench.task import (
     ARCHITECTURES,
@@ -44,7 +44,9 @@ from mtl_bench.task import (
     steps_per_epoch,
 )
 
-SCHEMA_VERSION = 1
+#: 2: records carry ``selection`` (rule, epoch, score), each task's ``primary`` metric, and a
+#: harness hash that covers selection, metrics and the task/strategy protocols.
+SCHEMA_VERSION = 2
 
 
 class RunTimeout(RuntimeError):
@@ -71,6 +73,7 @@ class RunConfig:
     device: str = "cpu"
     threads: int = 1
     diag_every: int = 0
+    select: str = DEFAULT_SELECT
 
     def resolved(self) -> RunConfig:
         """Concrete epochs/batch/lr, and options and hyper-parameters in canonical form (only
@@ -140,6 +143,7 @@ def canonical_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]
 
 def validate(config: RunConfig) -> None:
     """Raise UserError for anything wrong with a config before any training starts."""
+    check_rule(config.select)
     if config.architecture not in ARCHITECTURES:
         raise UserError(f"unknown architecture '{config.architecture}'; choose from: "
                         + ", ".join(ARCHITECTURES))
@@ -214,6 +218,43 @@ def source_hash(obj: Any) -> str:
         except (OSError, TypeError, KeyError):
             return "unknown"
     return h.hexdigest()[:16]
+
+
+#: Modules whose code decides a run's numbers besides the strategy's and the task pair's own.
+HARNESS_MODULES = ("mtl_bench.train", "mtl_bench.selection", "mtl_bench.task",
+                   "mtl_bench.strategy", "mtl_bench.metrics")
+
+
+@lru_cache(maxsize=1)
+def harness_hash() -> str:
+    h = hashlib.sha256()
+    for name in HARNESS_MODULES:
+        try:
+            h.update(inspect.getsource(sys.modules[name]).encode())
+        except (OSError, TypeError, KeyError):
+            return "unknown"
+    return h.hexdigest()[:16]
+
+
+def code_identity(strategy: Strategy, pair: TaskPair) -> dict[str, str]:
+    """Hashes of the code a run's result depends on: a record whose hashes differ from the
+    current code's is stale (``run`` retrains it)."""
+    return {"strategy": source_hash(type(strategy)), "task": source_hash(type(pair)),
+            "harness": harness_hash()}
+
+
+def current_code(config: RunConfig) -> dict[str, str]:
+    """:func:`code_identity` of the code installed now for ``config`` (nothing is trained)."""
+    return _current_code(config.task, json.dumps(config.task_options, sort_keys=True,
+                                                 default=str),
+                         config.strategy, json.dumps(config.strategy_params, sort_keys=True,
+                                                     default=str))
+
+
+@lru_cache(maxsize=4096)
+def _current_code(task: str, options: str, strategy: str, params: str) -> dict[str, str]:
+    return code_identity(build_strategy(strategy, json.loads(params)),
+                         build_task_pair(task, json.loads(options)))
 
 
 def provenance(device: torch.device, threads: int) -> dict[str, Any]:
@@ -522,12 +563,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
-def _selection_score(val: dict[tuple[str, str], float], val0: dict[tuple[str, str], float],
-                     tasks: Sequence[Task]) -> float:
-    """Model selection on validation only: sum of task losses, each relative to epoch 0."""
-    return sum(val[(t.name, "loss")] / max(val0[(t.name, "loss")], 1e-12) for t in tasks)
-
-
 def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
               max_seconds: float | None = None) -> dict[str, Any]:
     """Train one (task pair, strategy, seed) and return its run record. Never raises for a
@@ -564,11 +599,11 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
         "strategy": config.strategy_label,
         "strategy_repr": repr(strategy),
         "seed": config.seed,
-        "tasks": [{"name": t.name, "kind": t.kind, "metrics": list(t.metrics)} for t in tasks],
+        "tasks": [{"name": t.name, "kind": t.kind, "metrics": list(t.metrics),
+                   "primary": t.primary} for t in tasks],
         "metric_directions": {m: get_metric(m).higher_is_better
                               for t in tasks for m in t.metrics},
-        "code": {"strategy": source_hash(type(strategy)), "task": source_hash(type(pair)),
-                 "harness": source_hash(train_step)},
+        "code": code_identity(strategy, pair),
         "data": data.info,
         "provenance": provenance(device, config.threads),
         "status": "running",
@@ -595,10 +630,10 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
 
     start = time.perf_counter()
     step = 0
-    best_epoch, best_score = 0, math.inf
+    selector = Selector(config.select, tasks)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        first = log_eval(0)
+        selector.begin(log_eval(0)["val"])
         for epoch in range(1, config.epochs + 1):
             loss_sum = torch.zeros(len(tasks), device=device)
             batches = 0
@@ -625,9 +660,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
                 curves.append([epoch, "train", task.name, "loss", value])
             strategy.on_epoch_end(epoch, mean_losses)
             res = log_eval(epoch)
-            score = _selection_score(res["val"], first["val"], tasks)
-            if score < best_score:
-                best_epoch, best_score = epoch, score
+            if selector.offer(epoch, res["val"]):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if progress is not None:
                 progress(f"epoch {epoch}/{config.epochs}")
@@ -645,7 +678,8 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
                       traceback=traceback.format_exc(limit=8))
 
     record["wall_s"] = time.perf_counter() - start
-    record["selected_epoch"] = best_epoch
+    record["selected_epoch"] = selector.epoch
+    record["selection"] = selector.summary()
     record["curves"] = {"columns": ["epoch", "split", "task", "metric", "value"], "rows": curves}
     record["weights"] = {"tasks": [t.name for t in tasks], "steps_per_epoch": n_steps,
                          "values": weights_log[:step].cpu().tolist()}
@@ -654,5 +688,6 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
     throughput["peak_memory_mb"] = _peak_memory_mb(device)
     throughput["batch_size"] = config.batch_size
     record["throughput"] = throughput
-    record["summary"] = [row for row in curves if row[0] == best_epoch and row[1] != "train"]
+    record["summary"] = [row for row in curves
+                         if row[0] == selector.epoch and row[1] != "train"]
     return record

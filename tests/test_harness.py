@@ -70,7 +70,7 @@ def test_different_seeds_differ_and_run_id_hashes_config():
 
 def test_record_contents():
     rec = train_run(RunConfig(strategy="uncertainty", epochs=2))
-    assert rec["status"] == "ok" and rec["schema"] == 1
+    assert rec["status"] == "ok" and rec["schema"] == 2
     assert {"git_commit", "torch", "device", "threads"} <= rec["provenance"].keys()
     tp = rec["throughput"]
     for key in ("samples_per_s", "forward_ms", "backward_ms", "strategy_ms", "peak_memory_mb"):
