@@ -3,10 +3,21 @@
 Reads only run records (through :mod:`mtl_bench.store`) and produces :class:`Tables`: one CSV per
 table plus ``meta.json`` and a Markdown rendering, in one folder that the ``report`` stage reads.
 
-Grouping. A *setting* is one (task pair, task options, architecture): a pair run with other
-options (another dataset, another loss formulation) or another architecture is another
-experiment, never averaged with the first. Inside a setting a *cell* is one strategy label
-(``gradnorm(alpha=0.5)``); its seeds are the replicates.
+Grouping. A *setting* is one experiment: a task pair with its options, architecture and every
+other config field that changes what a run computes (epochs, batch size, weight decay,
+sampling, selection rule, record schema), and one version of the harness and task-pair code.
+Records of different settings are never averaged and never refused: each setting is a table of
+its own, labelled with what tells it apart from the other settings of its pair
+(``clsreg [epochs=2]``, ``clsreg [code=1a2b3c/4d5e6f]``). Inside a setting a *cell* is one
+method: a strategy label (``gradnorm(alpha=0.5)``) or the single-task baseline of one task; its
+seeds are the replicates.
+
+Grid points. The learning rate, and the strategy hyper-parameters marked tuned
+(``run --tune NAME.PARAM``, recorded in ``tuning.json``), are a grid to select over, not
+methods: per cell the grid point with the best validation score is chosen
+(:mod:`mtl_bench.tuning`) and every table reports that point only; the ``tuning`` table keeps
+the grid. A cell whose records come from two versions of the strategy's code is split into one
+cell per version (``dwa@1a2b3c``), so no mean mixes code versions.
 
 Roles. ``single-task`` runs (``config.single_task`` set) are the Delta_m baseline. The
 *reference* is fixed equal weights: label ``fixed`` (``config.strategy`` is
@@ -15,10 +26,9 @@ more fixed runs with explicit weights form the *fixed-weight front* (the scalari
 Xin et al., NeurIPS 2022); they are listed and plotted but not ranked, so that mean ranks do not
 depend on how densely the front was sampled. Everything else is a *method*.
 
-Comparability. Inside a setting every record must share the schema version, the config fields
-that change results (epochs, batch size, learning rate, ...) and the task and harness code
-hashes; inside a cell the strategy code hash too. Otherwise aggregate stops with a
-"not comparable" :class:`~mtl_bench.errors.UserError` instead of averaging different experiments.
+Summaries (Delta_m%, ranks, the best of a column) use each task's primary metric unless other
+metrics are asked for; intervals stay inside a metric's range
+(:func:`mtl_bench.stats.interval_for`).
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import pandas as pd
 
 from mtl_bench import stats
 from mtl_bench.errors import UserError
-from mtl_bench.metrics import delta_m
+from mtl_bench.metrics import METRICS, delta_m, get_metric
 from mtl_bench.store import (
     EPOCH,
     METRIC,
@@ -53,6 +63,7 @@ from mtl_bench.store import (
     atomic_write_text,
 )
 from mtl_bench.strategy import format_value
+from mtl_bench.tuning import Choice, choose_all, point_text
 
 REFERENCE_STRATEGY = "fixed"
 SETTING, ROLE, ARCHITECTURE = "setting", "role", "architecture"
@@ -65,25 +76,40 @@ FRONT_WEIGHT = "front_weight"
 #: Task option whose values are alternative loss formulations of one pair (calibration plots).
 FORMULATION_OPTION = "formulation"
 
-#: Config fields that may differ inside one table: they name the setting or the cell, or only
-#: change where and how fast a run went (device, threads, diagnostics cadence), not its result.
-CELL_FIELDS = frozenset({"task", "task_options", "architecture", "strategy", "strategy_params",
-                         "seed", "single_task", "device", "threads", "diag_every"})
+#: Config fields that do not make a setting: the cell (strategy and its hyper-parameters, the
+#: single task), the replicate (seed), the grid to select over (learning rate), and placement
+#: (where and how fast a run went: device, threads, diagnostics cadence). Every other config
+#: field (epochs, batch size, weight decay, sampling, selection rule, task options,
+#: architecture, and any field added later) makes a setting.
+CELL_FIELDS = frozenset({"task", "strategy", "strategy_params", "seed", "single_task"})
+GRID_FIELDS = frozenset({"lr"})
+PLACEMENT_FIELDS = frozenset({"device", "threads", "diag_every"})
+NOT_SETTING_FIELDS = CELL_FIELDS | GRID_FIELDS | PLACEMENT_FIELDS
+#: Setting fields the label always shows in its own way (options in brackets, architecture).
+LABEL_FIELDS = frozenset({"task_options", "architecture"})
 PHASES = ("forward_ms", "strategy_ms", "backward_ms", "optimizer_ms")
 
 #: Table files in a tables folder, in the order they are written.
+#: Columns of the speed table (measurements of ``mtl-bench speed``, see mtl_bench.speed).
+SPEED_COLUMNS = [SETTING, STRATEGY, "step_ms", "samples_per_s", "samples_per_s_low",
+                 "samples_per_s_high", "ratio", "ratio_low", "ratio_high", "verdict", "n_rounds"]
 TABLE_NAMES = ("runs", "long", "summary", "delta_m", "ranks", "significance", "throughput",
-               "curves", "weights", "diagnostics", "details", "cross_pair")
+               "curves", "weights", "diagnostics", "details", "cross_pair", "delta_m_terms",
+               "tuning", "speed")
 META_FILE = "meta.json"
 MARKDOWN_FILE = "tables.md"
 
 
 # -- settings ----------------------------------------------------------------------------------
-def setting_label(task_pair: str, options: dict[str, Any], architecture: str) -> str:
-    """``clsreg``, ``clsreg [dataset=synthetic, noise=0.5]``, ``clsreg (separate)``."""
+def setting_label(task_pair: str, options: dict[str, Any], architecture: str,
+                  extra: dict[str, Any] | None = None) -> str:
+    """``clsreg``, ``clsreg [dataset=synthetic, noise=0.5]``, ``clsreg (separate)``, and with
+    ``extra`` (the other setting fields that differ) ``clsreg [epochs=2]``."""
     text = task_pair
-    if options:
-        text += " [" + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(options.items())) + "]"
+    shown = [f"{k}={format_value(v)}" for k, v in sorted(options.items())]
+    shown += [f"{k}={format_value(v)}" for k, v in (extra or {}).items()]
+    if shown:
+        text += " [" + ", ".join(shown) + "]"
     if architecture and architecture != "shared":
         text += f" ({architecture})"
     return text
@@ -116,6 +142,10 @@ class Setting:
     reference: str | None = None
     baseline: str | None = None  # where single-task runs come from: None, "setting" or a label
     notes: list[str] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)  # the setting fields' values
+    choices: list[Choice] = field(default_factory=list)  # tuned grids, one per cell
+    all_records: list[dict[str, Any]] = field(default_factory=list)  # every grid point
+    summary_metrics: list[tuple[str, str]] = field(default_factory=list)  # drive summaries
 
     def labels(self, roles: Iterable[str] | None = None) -> list[str]:
         """Labels in display order: reference, methods (by name), front (by weight), single."""
@@ -135,7 +165,12 @@ class Setting:
                 "strategies": self.labels(), "roles": self.roles,
                 "front_weights": self.front_weights, "baseline": self.baseline,
                 "n_runs": len(self.records), "n_ok": ok, "n_failed": len(self.records) - ok,
-                "epochs": _config(self.records[0]).get("epochs"), "notes": self.notes}
+                "epochs": _config(self.records[0]).get("epochs") if self.records else None,
+                "fields": self.fields, "notes": self.notes,
+                "primary": {t["name"]: t.get("primary") or t["metrics"][0] for t in self.tasks},
+                "tuned": [{"strategy": c.cell, "single_task": c.single_task,
+                           "chosen": point_text(c.chosen.point), "at_edge": c.at_edge}
+                          for c in self.choices]}
 
 
 def _config(record: dict[str, Any]) -> dict[str, Any]:
@@ -149,57 +184,137 @@ def _require(record: dict[str, Any], *keys: str) -> None:
                         "it was not written by this version of mtl-bench")
 
 
-def group_settings(records: Sequence[dict[str, Any]]) -> list[Setting]:
-    """Records grouped by (task pair, task options, architecture), in a stable order."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+#: Value of a setting field that records of earlier versions did not store.
+LEGACY_DEFAULTS = {"select": "loss"}
+
+
+def setting_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that make the record's setting (every field that is not a cell, grid
+    or placement field, so a field added later is a setting field until declared otherwise),
+    plus the record schema."""
+    cfg = _config(record)
+    out = {k: v for k, v in cfg.items() if k not in NOT_SETTING_FIELDS}
+    for k, v in LEGACY_DEFAULTS.items():
+        out.setdefault(k, v)
+    out["schema"] = record.get("schema")
+    return out
+
+
+def _code_key(record: dict[str, Any]) -> tuple[Any, Any]:
+    code = record.get("code") or {}
+    return code.get("harness"), code.get("task")
+
+
+def _code_text(key: tuple[Any, Any]) -> str:
+    return "/".join(str(k)[:6] for k in key)
+
+
+def group_settings(records: Sequence[dict[str, Any]], tuned: Sequence[str] = ()
+                   ) -> list[Setting]:
+    """Records grouped by setting (task pair, its options, architecture, every other setting
+    field and the harness/task code version), labelled with what tells them apart, in a stable
+    order. Inside each setting, tuned grids are resolved to their chosen points."""
+    by_fields: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         _require(r, "task_pair", "strategy", "seed", "config")
-        cfg = _config(r)
-        key = (r["task_pair"], json.dumps(cfg.get("task_options") or {}, sort_keys=True),
-               cfg.get("architecture") or "shared")
-        groups.setdefault(key, []).append(r)
+        key = (r["task_pair"], json.dumps(setting_fields(r), sort_keys=True, default=str))
+        by_fields.setdefault(key, []).append(r)
+    groups: list[tuple[str, dict[str, Any], tuple[Any, Any] | None, list]] = []
+    for (pair, fields), recs in by_fields.items():
+        versions = sorted({_code_key(r) for r in recs if any(_code_key(r))}, key=str)
+        if len(versions) <= 1:  # a record without code (older failures) joins the one version
+            groups.append((pair, json.loads(fields), None, recs))
+            continue
+        for v in versions:
+            mine = [r for r in recs if _code_key(r) == v]
+            if v == versions[0]:
+                mine += [r for r in recs if not any(_code_key(r))]
+            groups.append((pair, json.loads(fields), v, mine))
+    # label each setting with the fields that vary among the settings of its task pair
+    varying: dict[str, set[str]] = {}
+    for pair in {g[0] for g in groups}:
+        mine = [g for g in groups if g[0] == pair]
+        keys = {k for g in mine for k in g[1]}
+        varying[pair] = {k for k in keys if len({json.dumps(g[1].get(k), sort_keys=True,
+                                                            default=str) for g in mine}) > 1}
     settings = []
+    for pair, fields, version, recs in groups:
+        extra = {k: fields.get(k) for k in sorted(varying[pair] - LABEL_FIELDS)}
+        if version is not None:
+            extra["code"] = _code_text(version)
+        s = Setting(pair, dict(fields.get("task_options") or {}),
+                    fields.get("architecture") or "shared", recs)
+        s.fields = fields
+        s.label = setting_label(pair, s.options, s.architecture, extra)
+        if version is not None:
+            n = sum(g[0] == pair and g[1] == fields for g in groups)
+            s.notes.append(f"records from {n} code versions of the harness/task pair are "
+                           f"reported apart (code {_code_text(version)} here); rerun "
+                           "`mtl-bench run` to retrain stale runs with the current code")
+        _resolve_grid(s, tuned)
+        settings.append(s)
+    settings.sort(key=lambda s: s.label)
     slugs: set[str] = set()
-    ordered = sorted(groups.items(), key=lambda kv: (
-        setting_label(kv[0][0], json.loads(kv[0][1]), kv[0][2]), kv[0]))
-    for (pair, options, arch), recs in ordered:
-        s = Setting(pair, json.loads(options), arch, recs)
-        s.label = setting_label(pair, s.options, arch)
+    for i, s in enumerate(settings):
         slug = slugify(s.label)
         if slug in slugs:  # two labels that only differ in punctuation
-            slug = slugify(s.label + "#" + options + arch, limit=40) + f"-{len(slugs)}"
+            slug = slugify(s.label + f"#{i}", limit=40) + f"-{i}"
         slugs.add(slug)
         s.slug = slug
-        settings.append(s)
     return settings
 
 
+def _resolve_grid(setting: Setting, tuned: Sequence[str]) -> None:
+    """Keep the records of each cell's chosen grid point; remember the grid for the tables."""
+    versions: dict[str, set[Any]] = {}
+    for r in setting.records:
+        versions.setdefault(r["strategy"], set()).add((r.get("code") or {}).get("strategy"))
+    records = [{**r, "cell_suffix": "@" + str((r.get("code") or {}).get("strategy"))[:6]}
+               if len(versions[r["strategy"]] - {None}) > 1 else r for r in setting.records]
+    choices = choose_all(records, tuned)
+    kept = []
+    for (cell, single), ch in choices.items():
+        for c in ch.candidates:
+            for r in c.records:
+                r_label = cell if single is None else r["strategy"]
+                if c is ch.chosen:
+                    kept.append({**r, "strategy": r_label})
+        if ch.tuned:
+            setting.choices.append(ch)
+            if ch.note:
+                setting.notes.append(f"{cell}{f' [{single}]' if single else ''}: {ch.note}")
+    setting.all_records = records
+    setting.records = kept
+
+
+def prepare(records: Sequence[dict[str, Any]], tuned: Sequence[str] = (),
+            metrics: Sequence[str] = ()) -> list[Setting]:
+    """Settings with their chosen grid points, roles, summary metrics and Delta_m baselines:
+    the grouping every table (and ``run``'s terminal table) is built on."""
+    settings = group_settings(records, tuned)
+    for s in settings:
+        check_comparable(s)
+        _assign_roles(s)
+        s.summary_metrics = summary_metrics(s.tasks, metrics)
+    _link_baselines(settings)
+    return settings
+
+
+def summary_metrics(tasks: Sequence[dict[str, Any]], wanted: Sequence[str] = ()
+                    ) -> list[tuple[str, str]]:
+    """(task, metric) pairs that drive Delta_m%, ranks and "best": each task's primary metric,
+    or the ``wanted`` metrics the task reports (its primary when it reports none of them)."""
+    out = []
+    for t in tasks:
+        mine = [m for m in wanted if m in t["metrics"]]
+        out += [(t["name"], m) for m in (mine or [t.get("primary") or t["metrics"][0]])]
+    return out
+
+
 def check_comparable(setting: Setting) -> None:
-    """Raise "not comparable" when one table would mix different experiments."""
-    recs = setting.records
-
-    def differing(values: list[Any], what: str) -> None:
-        texts = [json.dumps(v, sort_keys=True, default=str) for v in values]
-        counts = pd.Series(texts).value_counts()
-        if len(counts) > 1:
-            shown = ", ".join(f"{what}={t} ({c} runs)" for t, c in counts.items())
-            raise UserError(f"not comparable: '{setting.label}' mixes {shown}; keep one "
-                            "configuration per --runs-dir or remove the stale records")
-
-    differing([r.get("schema") for r in recs], "schema")
-    keys = sorted({k for r in recs for k in _config(r)} - CELL_FIELDS)
-    for key in keys:
-        differing([_config(r).get(key) for r in recs], key)
-    for part in ("harness", "task"):
-        differing([(r.get("code") or {}).get(part) for r in recs], f"{part} code hash")
-    by_label: dict[str, list[dict[str, Any]]] = {}
-    for r in recs:
-        by_label.setdefault(r["strategy"], []).append(r)
-    for lb, rs in sorted(by_label.items()):
-        differing([(r.get("code") or {}).get("strategy") for r in rs],
-                  f"'{lb}' strategy code hash")
+    """Metric directions must agree inside a setting (the one thing no grouping can fix)."""
     directions: dict[str, bool] = {}
-    for r in recs:
+    for r in setting.records:
         for m, hib in (r.get("metric_directions") or {}).items():
             if directions.setdefault(m, bool(hib)) != bool(hib):
                 raise UserError(f"not comparable: '{setting.label}' has runs where metric '{m}' "
@@ -295,14 +410,16 @@ class Tables:
             frames = {}
             for name in TABLE_NAMES:
                 path = folder / f"{name}.csv"
+                if not path.is_file():
+                    raise UserError(f"'{folder}' holds tables of another mtl-bench version "
+                                    f"(no {name}.csv); aggregate again with --runs-dir")
                 try:
                     frames[name] = pd.read_csv(path, keep_default_na=True, na_values=[""])
                 except pd.errors.EmptyDataError:
                     frames[name] = pd.DataFrame()
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read aggregated tables in '{folder}': {exc}") from None
-        for name in ("long", "summary", "curves", "weights", "diagnostics", "details",
-                     "ranks", "delta_m", "significance", "throughput", "runs"):
+        for name in TABLE_NAMES:
             if SETTING in frames[name]:
                 frames[name][SETTING] = frames[name][SETTING].astype(str)
         return cls(meta, frames)
@@ -317,17 +434,38 @@ def _band(df: pd.DataFrame, keys: list[str], level: float) -> pd.DataFrame:
     half = stats.t_half_width(out["sd"].to_numpy(), out["n"].to_numpy(), level)
     out["ci_low"] = out["mean"] - half
     out["ci_high"] = out["mean"] + half
+    if METRIC in out:  # bands of bounded metrics stay in range: the same logit interval
+        unit = out[METRIC].map(lambda m: interval_kind(str(m)) == "unit").astype(bool)
+        if unit.any():
+            low, high = stats.logit_band(out.loc[unit, "mean"].to_numpy(),
+                                         out.loc[unit, "sd"].to_numpy(),
+                                         out.loc[unit, "n"].to_numpy(), level)
+            out.loc[unit, "ci_low"], out.loc[unit, "ci_high"] = low, high
     return out
 
 
-def _cell(values: Sequence[float], ci: str, level: float) -> dict[str, Any]:
-    iv = stats.mean_ci(values, level, ci)
-    return {"n": iv.n, "mean": iv.mean, "sd": iv.sd, "ci_low": iv.low, "ci_high": iv.high}
+def interval_kind(metric: str) -> str:
+    """How a metric's interval over seeds is formed: inside [0, 1] for unit metrics."""
+    try:
+        return "unit" if get_metric(metric).unit_interval else "unbounded"
+    except UserError:  # Delta_m% and other derived numbers
+        return "unbounded"
+
+
+def _cell(values: Sequence[float], ci: str, level: float, metric: str = "") -> dict[str, Any]:
+    iv = stats.interval_for(values, level, ci, interval_kind(metric))
+    low, high = iv.low, iv.high
+    if metric and interval_kind(metric) == "unbounded" and np.isfinite(low):
+        lo_b, hi_b = get_metric(metric).bounds if metric in METRICS else (-math.inf, math.inf)
+        low, high = max(low, lo_b), min(high, hi_b)  # an error is never negative
+    return {"n": iv.n, "mean": iv.mean, "sd": iv.sd, "ci_low": low, "ci_high": high,
+            "ci_scale": iv.scale}
 
 
 def aggregate_records(records: Sequence[dict[str, Any]],
                       corrupt: Sequence[tuple[Any, str]] = (), ci: str = "t",
-                      level: float = 0.95, alpha: float = 0.05) -> Tables:
+                      level: float = 0.95, alpha: float = 0.05, tuned: Sequence[str] = (),
+                      metrics: Sequence[str] = (), speed: pd.DataFrame | None = None) -> Tables:
     """Every table of the report from run records (see the module docstring for the rules)."""
     stats.check_ci(ci, level)
     if not 0 < alpha < 1:
@@ -336,24 +474,26 @@ def aggregate_records(records: Sequence[dict[str, Any]],
         raise UserError("no run records to aggregate" + (
             f" ({len(corrupt)} corrupt file(s), e.g. {corrupt[0][0]}: {corrupt[0][1]})"
             if corrupt else "; run `mtl-bench run` first"))
-    settings = group_settings(records)
-    for s in settings:
-        check_comparable(s)
-        _assign_roles(s)
-    _link_baselines(settings)
+    settings = prepare(records, tuned, metrics)
 
     runs = _runs_table(settings)
     long = _long_table(settings)
     values = _per_seed(long)
     summary, ranks = _summary_tables(settings, values, ci, level)
     dm, dm_seed = _delta_m_table(settings, values, ci, level)
+    dm_terms = _delta_m_terms(settings, values)
     significance = _significance_table(settings, values, dm_seed, alpha)
     throughput = _throughput_table(settings, runs, ci, level)
     curves, weights, diagnostics, details = _trajectory_tables(settings, level)
     cross, friedman = _cross_pair(ranks, alpha)
 
     meta = {
-        "ci": {"method": ci, "level": level, "bands": "t"}, "alpha": alpha,
+        "ci": {"method": ci, "level": level, "bands": "t",
+               "bounded": "unit metrics: t-interval of the mean on the logit scale (delta "
+                          "method) with --ci t; percentile bootstrap with --ci bootstrap; "
+                          "errors (MAE, RMSE) clipped at 0; samples/s: log scale"},
+        "alpha": alpha, "correction": "Holm across the strategies compared with the reference",
+        "metrics": list(metrics), "tuned": list(tuned),
         "paired_test": {"wilcoxon_min_n": stats.WILCOXON_MIN_N, "small_n": stats.SIGN_FLIP,
                         "large_n": stats.WILCOXON},
         "n_records": len(records), "n_ok": int((runs[STATUS] == "ok").sum()),
@@ -365,14 +505,19 @@ def aggregate_records(records: Sequence[dict[str, Any]],
     frames = {"runs": runs, "long": long, "summary": summary, "delta_m": dm, "ranks": ranks,
               "significance": significance, "throughput": throughput, "curves": curves,
               "weights": weights, "diagnostics": diagnostics, "details": details,
-              "cross_pair": cross}
+              "cross_pair": cross, "delta_m_terms": dm_terms, "tuning": _tuning_table(settings),
+              "speed": speed if speed is not None else pd.DataFrame(columns=SPEED_COLUMNS)}
     return Tables(meta, frames)
 
 
 def aggregate_dir(runs_dir: str | Path, ci: str = "t", level: float = 0.95,
-                  alpha: float = 0.05) -> Tables:
-    """Load every record under ``runs_dir`` (the store's layout) and aggregate it."""
+                  alpha: float = 0.05, metrics: Sequence[str] = (),
+                  tuned: Sequence[str] = ()) -> Tables:
+    """Load every record under ``runs_dir`` (the store's layout), the tuned fields recorded by
+    ``run --tune`` (plus ``tuned``) and the speed stage's measurements, and aggregate them."""
+    from mtl_bench.speed import load_speed
     from mtl_bench.store import RunStore
+    from mtl_bench.tuning import read_spec
 
     root = Path(runs_dir)
     if not root.is_dir():
@@ -383,21 +528,47 @@ def aggregate_dir(runs_dir: str | Path, ci: str = "t", level: float = 0.95,
         raise UserError(f"no run records in '{root}'" + (
             f" ({len(loaded.corrupt)} corrupt file(s), e.g. {loaded.corrupt[0][0]}: "
             f"{loaded.corrupt[0][1]})" if loaded.corrupt else "; run `mtl-bench run` first"))
-    tables = aggregate_records(loaded.records, loaded.corrupt, ci, level, alpha)
+    tuned = list(dict.fromkeys([*read_spec(root), *tuned]))
+    tables = aggregate_records(loaded.records, loaded.corrupt, ci, level, alpha, tuned,
+                               metrics, load_speed(root))
     tables.meta["runs_dir"] = str(root)
     return tables
+
+
+def _tuning_table(settings: list[Setting]) -> pd.DataFrame:
+    """Every grid point of every tuned cell: its validation score (mean over seeds), failures,
+    whether it was chosen and whether the choice sits at an end of the grid."""
+    rows = []
+    for s in settings:
+        for ch in s.choices:
+            for c in ch.candidates:
+                rows.append({SETTING: s.label, STRATEGY: ch.cell, "single_task": ch.single_task,
+                             "point": point_text(c.point), **{f"grid_{k}": v for k, v in
+                                                              c.point.items()},
+                             "n": len(c.records), "n_failed": c.n_failed,
+                             "val_score": c.score if c.score is not None else math.nan,
+                             "chosen": c is ch.chosen,
+                             "at_edge": ",".join(ch.at_edge) if c is ch.chosen else ""})
+    cols = [SETTING, STRATEGY, "single_task", "point", "n", "n_failed", "val_score", "chosen",
+            "at_edge"]
+    df = pd.DataFrame(rows)
+    return df if not df.empty else pd.DataFrame(columns=cols)
 
 
 def _link_baselines(settings: list[Setting]) -> None:
     """Single-task baselines from the same setting, else from the same pair and options under
     another architecture (one task alone has nothing to share, so the architecture is moot)."""
+    def moot(fields: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in fields.items() if k != ARCHITECTURE}
+
     for s in settings:
         if SINGLE_TASK in s.roles.values():
             s.baseline = "setting"
             continue
         for other in settings:
             if (other is not s and other.task_pair == s.task_pair
-                    and other.options == s.options and SINGLE_TASK in other.roles.values()):
+                    and moot(other.fields) == moot(s.fields)
+                    and SINGLE_TASK in other.roles.values()):
                 s.baseline = other.label
                 s.notes.append(f"Δm% uses the single-task runs of '{other.label}'")
                 break
@@ -494,8 +665,9 @@ def _summary_tables(settings: list[Setting], values: SeedValues, ci: str, level:
                 cell = {SETTING: s.label, STRATEGY: lb, ROLE: s.roles[lb],
                         FRONT_WEIGHT: s.front_weights.get(lb, math.nan), TASK: task,
                         METRIC: metric, "higher_is_better": s.directions.get(metric),
-                        "n_runs": n_runs, "n_failed": n_failed, **_cell(vals, ci, level),
-                        "rank": math.nan, "best": False}
+                        "n_runs": n_runs, "n_failed": n_failed,
+                        **_cell(vals, ci, level, metric), "rank": math.nan, "best": False,
+                        "in_summary": (task, metric) in s.summary_metrics}
                 cells[(lb, task, metric)] = cell
                 rows.append(cell)
         ranked = s.labels(RANKED_ROLES)
@@ -504,13 +676,16 @@ def _summary_tables(settings: list[Setting], values: SeedValues, ci: str, level:
             hib = s.directions.get(metric)
             if hib is None or not ranked:
                 continue
-            r = stats.rank_values([cells[(lb, task, metric)]["mean"] for lb in ranked], hib)
-            best = np.nanmin(r) if np.isfinite(r).any() else math.nan
-            for lb, rank in zip(ranked, r):
+            col = [cells[(lb, task, metric)] for lb in ranked]
+            r = stats.rank_values([c["mean"] for c in col], hib)
+            best = stats.unique_best([c["mean"] for c in col], [c["ci_low"] for c in col],
+                                     [c["ci_high"] for c in col], hib)
+            for lb, c, rank, b in zip(ranked, col, r, best):
                 if np.isfinite(rank):
-                    cells[(lb, task, metric)]["rank"] = float(rank)
-                    cells[(lb, task, metric)]["best"] = bool(rank == best)
-                    per_label[lb].append(float(rank))
+                    c["rank"] = float(rank)
+                    c["best"] = bool(b)  # a unique winner only: never among ties
+                    if (task, metric) in s.summary_metrics:
+                        per_label[lb].append(float(rank))
         mean_ranks = {lb: float(np.mean(v)) if v else math.nan for lb, v in per_label.items()}
         position = stats.rank_values([mean_ranks[lb] for lb in ranked], False)
         for lb, pos in zip(ranked, position):
@@ -531,7 +706,7 @@ def _delta_m_table(settings: list[Setting], values: SeedValues, ci: str, level: 
         if s.baseline is None:
             continue
         base_setting = s.label if s.baseline == "setting" else s.baseline
-        keys = s.metric_columns()
+        keys = s.summary_metrics
         higher = {f"{t}/{m}": bool(s.directions[m]) for t, m in keys}
         single = {(t, m): values.get((base_setting, SINGLE_TASK, t, m), {}) for t, m in keys}
         mine = []
@@ -560,6 +735,29 @@ def _delta_m_table(settings: list[Setting], values: SeedValues, ci: str, level: 
     return pd.DataFrame(rows, columns=cols), by_seed
 
 
+def _delta_m_terms(settings: list[Setting], values: SeedValues) -> pd.DataFrame:
+    """What each metric would add to Delta_m%: per strategy and metric the mean over seeds of
+    (-1)^higher_is_better (M_mtl - M_single) / M_single * 100, for every metric, with whether
+    Delta_m% uses it (a headline driven by ECE or R^2 shows up here)."""
+    rows = []
+    for s in settings:
+        if s.baseline is None:
+            continue
+        base_setting = s.label if s.baseline == "setting" else s.baseline
+        for lb in s.labels((REFERENCE, METHOD, FRONT)):
+            for task, metric in s.metric_columns():
+                mine = values.get((s.label, lb, task, metric), {})
+                base = values.get((base_setting, SINGLE_TASK, task, metric), {})
+                sign = -1.0 if s.directions.get(metric) else 1.0
+                terms = [sign * (mine[k] - base[k]) / base[k] * 100 for k in mine
+                         if k in base and base[k] != 0 and np.isfinite(mine[k] - base[k])]
+                rows.append({SETTING: s.label, STRATEGY: lb, TASK: task, METRIC: metric,
+                             "n": len(terms), "term": float(np.mean(terms)) if terms else math.nan,
+                             "in_delta_m": (task, metric) in s.summary_metrics})
+    return pd.DataFrame(rows, columns=[SETTING, STRATEGY, TASK, METRIC, "n", "term",
+                                       "in_delta_m"])
+
+
 def _significance_table(settings: list[Setting], values: SeedValues,
                         dm_seed: dict[tuple[str, str], dict[int, float]], alpha: float
                         ) -> pd.DataFrame:
@@ -575,7 +773,7 @@ def _significance_table(settings: list[Setting], values: SeedValues,
             pairs = [(task, metric, bool(s.directions[metric]),
                       values.get((s.label, lb, task, metric), {}),
                       values.get((s.label, ref, task, metric), {}))
-                     for task, metric in s.metric_columns()]
+                     for task, metric in s.summary_metrics]
             if s.baseline is not None:
                 pairs.append(("", DELTA_M, False, dm_seed.get((s.label, lb), {}),
                               dm_seed.get((s.label, ref), {})))
@@ -587,17 +785,25 @@ def _significance_table(settings: list[Setting], values: SeedValues,
                              TASK: task, METRIC: metric, "higher_is_better": hib,
                              "test": res.test, "n": res.n, "statistic": res.statistic,
                              "p": res.p, "mean_diff": res.mean_diff, "better": better,
-                             "significant": bool(res.n and res.p < alpha),
                              "min_p": stats.min_attainable_p(res.n)})
     cols = [SETTING, STRATEGY, ROLE, "reference", TASK, METRIC, "higher_is_better", "test", "n",
-            "statistic", "p", "mean_diff", "better", "significant", "min_p"]
-    return pd.DataFrame(rows, columns=cols)
+            "statistic", "p", "p_holm", "mean_diff", "better", "significant", "min_p"]
+    df = pd.DataFrame(rows, columns=cols)
+    # Holm across the strategies compared with the reference, per setting and metric (the
+    # family a reader scans when asking "which of these beats fixed on this metric?")
+    for _, idx in df.groupby([SETTING, TASK, METRIC, ROLE], dropna=False).groups.items():
+        df.loc[idx, "p_holm"] = stats.holm(df.loc[idx, "p"].to_numpy(dtype=float))
+    df["significant"] = (df["n"] > 0) & (df["p_holm"].astype(float) < alpha)
+    return df
 
 
 def _throughput_table(settings: list[Setting], runs: pd.DataFrame, ci: str, level: float
                       ) -> pd.DataFrame:
-    """Per cell: samples/s (mean, CI), ms per phase, peak memory, and the step time as a ratio
-    to the reference measured on the same machine, device and thread count."""
+    """Per cell: the sweep's own timers (wall time under the sweep's concurrency: several runs
+    shared the machine), samples/s as a geometric mean with a log-scale interval, ms per phase,
+    peak memory and the step-time ratio to the reference on the same machine, device and
+    thread count. Descriptive only: speed claims come from the speed stage
+    (:mod:`mtl_bench.speed`), never from these timers."""
     rows = []
     env = ["machine", "device", "threads"]
     ok = runs[(runs[STATUS] == "ok") & runs["tp_step_ms"].notna()]
@@ -608,7 +814,7 @@ def _throughput_table(settings: list[Setting], runs: pd.DataFrame, ci: str, leve
         for lb in s.labels((REFERENCE, METHOD, FRONT)):
             rs = here[here[STRATEGY] == lb]
             n_runs = int(((runs[SETTING] == s.label) & (runs[STRATEGY] == lb)).sum())
-            sps = stats.mean_ci(rs["tp_samples_per_s"].to_numpy(dtype=float), level, ci)
+            sps = stats.log_interval(rs["tp_samples_per_s"].to_numpy(dtype=float), level)
             ratios = []
             for _, row in rs.iterrows():
                 key = tuple(row[k] for k in env)

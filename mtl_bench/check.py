@@ -5,14 +5,18 @@ AND the change is significant across seeds. Significance is a two-sided Mann-Whi
 when there are too few seeds for that test to ever reach ``p < alpha`` (3 against 3 gives at
 best p = 0.1), it falls back to non-overlapping 95% confidence intervals of the mean.
 
-Throughput is compared as each strategy's samples/s divided by the median samples/s of the
-reference strategy (fixed weights) of the same task pair and settings in the same run set, so a
-baseline survives a change of machine. Absolute samples/s are shown too, but gate only when
-baseline and new runs share a machine fingerprint, device and thread count.
+Quality (the test metrics) is compared by default. Speed is compared only when asked for, and
+only from the speed stage (``mtl-bench speed``, :mod:`mtl_bench.speed`): the runs folder's
+``speed.json`` against the speed section saved in the baseline, never from the per-run timers of
+a sweep (runs timed side by side in a loaded sweep are noise). A strategy's step-time ratio to
+fixed weights, measured in interleaved rounds in one process, survives a change of machine; it
+is worse only when new / baseline exceeds the factor AND the two 95% log-scale intervals do not
+overlap. Absolute samples/s gate only on the same machine fingerprint, device and threads.
 
 A baseline is a compact, versioned JSON file ``<baselines>/<NAME>/baseline.json``: per run its
 keys, config, config hash, code hashes, machine fingerprint, status, the test metrics at the
-selected epoch and the throughput; no curves. An optional ``check.toml`` next to it holds
+selected epoch and the throughput; no curves; since version 2 also the speed entries of the
+runs folder's ``speed.json`` when there was one. An optional ``check.toml`` next to it holds
 per-metric factors (see :func:`load_factors_file`).
 
 Runs are matched by (task pair + settings, strategy label, seed); the settings are the task-pair
@@ -28,6 +32,7 @@ import fnmatch
 import io
 import json
 import math
+import os
 import re
 import statistics
 import time
@@ -44,8 +49,10 @@ from mtl_bench.store import METRIC, STRATEGY, TASK_PAIR, RunStore, atomic_write_
 from mtl_bench.strategy import format_value
 
 BASELINE_FORMAT = "mtl-bench-baseline"
-#: Version of the baseline file layout; a file of another version is refused (exit 2).
-BASELINE_VERSION = 1
+#: Version of the baseline file layout written; versions in READABLE_VERSIONS are read (1 has
+#: no speed section), any other is refused (exit 2).
+BASELINE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 BASELINE_FILE = "baseline.json"
 FACTORS_FILE = "check.toml"
 DEFAULT_BASELINES_DIR = Path("results") / "baselines"
@@ -58,13 +65,15 @@ WORSE, BETTER, NOT_SIGNIFICANT, NOT_COMPARABLE, NEWLY_FAILING, NEWLY_FIXED = (
 FAILING_MARKS = (WORSE, NEWLY_FAILING)
 
 QUALITY, SPEED, STATUS = "quality", "speed", "status"
-SPEED_RATIO = f"speed_vs_{REFERENCE_STRATEGY}"
+#: Speed rows: a strategy's step time / fixed's in the same round (lower is better), samples/s.
+STEP_TIME_RATIO = f"step_time_vs_{REFERENCE_STRATEGY}"
 SAMPLES_PER_S = "samples_per_s"
+SPEED_ENTRY = "speed"
 RUNS_OK = "runs_ok"
 
 #: Config keys that say where a run ran, not what it computed (placement changes speed only).
 PLACEMENT_KEYS = ("device", "threads")
-#: Config keys that change neither results nor timed throughput (diagnostics run untimed).
+#: Config keys that do not change results (diagnostics run outside the timed phases).
 IGNORED_KEYS = ("diag_every",)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -144,8 +153,10 @@ def baseline_path(root: str | Path, name: str) -> Path:
 
 
 def build_baseline(records: Sequence[dict[str, Any]], name: str, note: str = "",
-                   source: str = "") -> dict[str, Any]:
-    """Compact the run records of one run set into a baseline document."""
+                   source: str = "", speed: Sequence[dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
+    """Compact the run records of one run set (and its speed entries, when measured) into a
+    baseline document."""
     runs = [compact_run(r) for r in records]
     seen: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in runs:
@@ -160,7 +171,7 @@ def build_baseline(records: Sequence[dict[str, Any]], name: str, note: str = "",
     runs.sort(key=lambda r: (r["pair"], r["strategy"], r["seed"]))
     commits = sorted({str((r.get("provenance") or {}).get("git_commit", "unknown"))
                       for r in records})
-    return {
+    doc = {
         "format": BASELINE_FORMAT,
         "version": BASELINE_VERSION,
         "name": name,
@@ -171,17 +182,23 @@ def build_baseline(records: Sequence[dict[str, Any]], name: str, note: str = "",
         "n_runs": len(runs),
         "runs": runs,
     }
+    if speed:
+        doc["speed"] = list(speed)
+    return doc
 
 
 def dump_baseline(doc: dict[str, Any]) -> str:
-    """JSON with one run per line, so that a regenerated baseline gives a readable diff."""
-    head = {k: v for k, v in doc.items() if k != "runs"}
+    """JSON with one run (and one speed entry) per line, so that a regenerated baseline gives a
+    readable diff."""
+    lists = [k for k in ("runs", "speed") if k in doc]
+    head = {k: v for k, v in doc.items() if k not in lists}
     lines = ["{"]
     lines += [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}," for k, v in head.items()]
-    runs = [f"    {json.dumps(r, sort_keys=True, separators=(',', ':'))}" for r in doc["runs"]]
-    lines.append('  "runs": [')
-    lines.append(",\n".join(runs))
-    lines.append("  ]")
+    for i, key in enumerate(lists):
+        items = [f"    {json.dumps(r, sort_keys=True, separators=(',', ':'))}" for r in doc[key]]
+        lines.append(f'  "{key}": [')
+        lines.append(",\n".join(items))
+        lines.append("  ]" + ("," if i < len(lists) - 1 else ""))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -205,25 +222,44 @@ _RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def _present(path: Path) -> bool:
+    """Something is at ``path``: a file, a folder, or a link (even a broken or looping one)."""
+    return os.path.lexists(path)
+
+
 def load_baseline(root: str | Path, name: str) -> dict[str, Any]:
     """Read and validate a baseline; every problem is a one-line UserError."""
+    from mtl_bench.speed import entries_problem
+
     path = baseline_path(root, name)
-    redo = f"re-create it with `mtl-bench baseline save {name} --force`"
-    if not path.is_file():
-        known = [b["name"] for b in list_baselines(root) if "error" not in b]
+    redo = f"re-create it with `mtl-bench baseline save {name} --runs-dir DIR --force`"
+    if not _present(path):
+        known = [b["name"] for b in list_baselines(root, read=False)]
         hint = f"; saved baselines: {', '.join(known)}" if known else \
             f"; create it with `mtl-bench baseline save {name} --runs-dir DIR`"
         raise UserError(f"baseline '{name}' not found (no {path}){hint}")
     try:
+        if not path.is_file():
+            what = ("a link that loops or points nowhere" if path.is_symlink()
+                    else "a folder" if path.is_dir() else "not a regular file")
+            raise UserError(f"baseline '{name}' is broken: {path} is {what}; remove it and "
+                            f"{redo}")
         doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"baseline '{name}' ({path}) is corrupt or truncated "
-                        f"({type(exc).__name__}: {exc}); {redo}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        broken = "cannot be read" if isinstance(exc, OSError) else "is corrupt or truncated"
+        raise UserError(f"baseline '{name}' ({path}) {broken} ({type(exc).__name__}: {why}); "
+                        f"{redo}") from None
     if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
         raise UserError(f"'{path}' is not an mtl-bench baseline file; {redo}")
-    if doc.get("version") != BASELINE_VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise UserError(f"baseline '{name}' has format version {doc.get('version')!r}, this "
-                        f"mtl-bench reads version {BASELINE_VERSION}; {redo}")
+                        f"mtl-bench reads versions {', '.join(map(str, READABLE_VERSIONS))}; "
+                        f"{redo}")
+    if "speed" in doc:
+        problem = entries_problem(doc["speed"])
+        if problem:
+            raise UserError(f"baseline '{name}' ({path}) is corrupt: speed {problem}; {redo}")
     runs = doc.get("runs")
     if not isinstance(runs, list) or doc.get("n_runs") != len(runs):
         raise UserError(f"baseline '{name}' ({path}) is corrupt: expected {doc.get('n_runs')!r} "
@@ -240,14 +276,24 @@ def load_baseline(root: str | Path, name: str) -> dict[str, Any]:
     return doc
 
 
-def list_baselines(root: str | Path) -> list[dict[str, Any]]:
-    """One summary dict per folder under ``root`` holding a baseline file."""
-    out = []
+def list_baselines(root: str | Path, read: bool = True) -> list[dict[str, Any]]:
+    """One summary dict per folder under ``root`` holding something named like a baseline file;
+    a broken one (unreadable, corrupt, a folder, a looping link) has an ``error``. With
+    ``read=False`` only the names of the regular files are listed, nothing is read."""
+    out: list[dict[str, Any]] = []
     root = Path(root)
-    if not root.is_dir():
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    except OSError:
         return out
-    for path in sorted(root.glob(f"*/{BASELINE_FILE}")):
-        name = path.parent.name
+    for folder in folders:
+        path, name = folder / BASELINE_FILE, folder.name
+        if not _present(path) or not _NAME_RE.match(name):
+            continue
+        if not read:
+            if path.is_file():
+                out.append({"name": name})
+            continue
         try:
             doc = load_baseline(root, name)
         except UserError as exc:
@@ -255,7 +301,8 @@ def list_baselines(root: str | Path) -> list[dict[str, Any]]:
             continue
         out.append({"name": name, "created": doc.get("created", ""), "note": doc.get("note", ""),
                     "runs": doc["n_runs"], "pairs": sorted({r["pair"] for r in doc["runs"]}),
-                    "strategies": sorted({r["strategy"] for r in doc["runs"]})})
+                    "strategies": sorted({r["strategy"] for r in doc["runs"]}),
+                    "speed": len(doc.get("speed") or []), "version": doc["version"]})
     return out
 
 
@@ -431,7 +478,7 @@ class Options:
     factors: Factors = field(default_factory=Factors)
     alpha: float = DEFAULT_ALPHA
     quality: bool = True
-    speed: bool = True
+    speed: bool = False  # speed rows come from speed-stage entries, see compare_speed
     ignore_code_hash: bool = False
 
 
@@ -543,8 +590,6 @@ def compare(baseline_runs: Sequence[dict[str, Any]], new_runs: Sequence[dict[str
         both = [s for s in b_ok if s in n_ok]
         if opt.quality:
             rows += _quality_rows(pair, strategy, both, b_runs, n_runs, reasons, opt)
-        if opt.speed:
-            rows += _speed_rows(pair, strategy, both, b_runs, n_runs, reasons, base, new, opt)
     return rows
 
 
@@ -579,56 +624,87 @@ def _set_not_comparable(row: Row, reasons: list[str]) -> None:
         row.note = "; ".join(reasons) if not row.note else f"{row.note}; {'; '.join(reasons)}"
 
 
-def _reference_median(runs: dict[tuple[str, str, int], dict[str, Any]], pair: str
-                      ) -> tuple[float | None, list[dict[str, Any]]]:
-    refs = [r for k, r in runs.items() if k[:2] == (pair, REFERENCE_STRATEGY)
-            and r["status"] == "ok" and r["throughput"].get("samples_per_s")]
-    if not refs:
-        return None, []
-    return statistics.median(r["throughput"]["samples_per_s"] for r in refs), refs
+def _speed_key(entry: dict[str, Any]) -> tuple[str, str, str, int]:
+    return entry["setting"], entry["strategy"], entry["device"], entry["threads"]
 
 
-def _speed_rows(pair: str, strategy: str, seeds: list[int], b_runs: dict[int, Any],
-                n_runs: dict[int, Any], reasons: list[str], base: dict, new: dict,
-                opt: Options) -> list[Row]:
-    rows = []
-    seeds = [s for s in seeds if b_runs[s]["throughput"].get("samples_per_s")
-             and n_runs[s]["throughput"].get("samples_per_s")]
-    placement = [s for s in seeds if any(b_runs[s]["config"].get(k) != n_runs[s]["config"].get(k)
-                                         for k in PLACEMENT_KEYS)]
-    speed_reasons = list(reasons)
-    if placement:
-        speed_reasons.append("device/threads differ")
-    if strategy != REFERENCE_STRATEGY:
-        row = Row(pair, strategy, SPEED_RATIO, SPEED)
-        b_ref, b_refs = _reference_median(base, pair)
-        n_ref, n_refs = _reference_median(new, pair)
-        if b_ref is None or n_ref is None:
-            row.mark = NOT_COMPARABLE
-            row.note = f"no ok '{REFERENCE_STRATEGY}' runs of this pair in " + (
-                "the baseline" if b_ref is None else "the new runs")
-        else:
-            bv = [b_runs[s]["throughput"]["samples_per_s"] / b_ref for s in seeds]
-            nv = [n_runs[s]["throughput"]["samples_per_s"] / n_ref for s in seeds]
-            _mark(bv, nv, True, opt.factors.for_row(pair, strategy, SPEED_RATIO), opt.alpha,
-                  row)
-            ref_codes = ({r["code"].get("strategy") for r in b_refs}
-                         | {r["code"].get("strategy") for r in n_refs})
-            extra = [] if opt.ignore_code_hash or len(ref_codes) == 1 else \
-                [f"'{REFERENCE_STRATEGY}' code changed"]
-            _set_not_comparable(row, speed_reasons + extra)
+def _speed_pair(entry: dict[str, Any]) -> str:
+    """The setting, with the device and threads when they are not the default cpu / 1."""
+    if (entry["device"], entry["threads"]) == ("cpu", 1):
+        return entry["setting"]
+    return f"{entry['setting']} @ {entry['device']}/{entry['threads']}t"
+
+
+def _interval(entry: dict[str, Any], name: str) -> tuple[float, float] | None:
+    low, high = entry.get(f"{name}_low"), entry.get(f"{name}_high")
+    return None if low is None or high is None else (float(low), float(high))
+
+
+def _mark_speed(b: dict[str, Any], n: dict[str, Any], name: str, higher: bool, factor: float,
+                row: Row) -> None:
+    """The speed rule: beyond the factor AND disjoint 95% log-scale intervals."""
+    mb, mn = b.get(name), n.get(name)
+    row.n = min(b["n_rounds"], n["n_rounds"])
+    if mb is None or mn is None or mb <= 0 or mn <= 0:
+        row.mark, row.note = NOT_COMPARABLE, "no measurement on one side"
+        return
+    row.baseline, row.new, row.factor, row.ratio = mb, mn, factor, mn / mb
+    ib, in_ = _interval(b, name), _interval(n, name)
+    if ib and in_:
+        row.note = f"95% intervals {_num(ib[0])}-{_num(ib[1])} -> {_num(in_[0])}-{_num(in_[1])}"
+    bad = badness(mb, mn, higher)
+    if 1 / (1 + factor) <= bad <= 1 + factor:
+        return
+    row.test = "ci95"
+    disjoint = bool(ib and in_ and (ib[1] < in_[0] or in_[1] < ib[0]))
+    row.mark = (WORSE if bad > 1 else BETTER) if disjoint else NOT_SIGNIFICANT
+
+
+def compare_speed(baseline: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
+                  options: Options | None = None) -> list[Row]:
+    """Rows per (setting, strategy) from speed-stage entries (:mod:`mtl_bench.speed`): the
+    step-time ratio to fixed weights, and samples/s, which gates only on the same machine.
+    Entries are matched by (setting, strategy, device, threads)."""
+    opt = options or Options()
+    base = {_speed_key(e): e for e in baseline}
+    fresh = {_speed_key(e): e for e in new}
+    rows: list[Row] = []
+    for key in sorted(set(base) | set(fresh), key=lambda k: (k[0], k[1] != REFERENCE_STRATEGY,
+                                                             k[1], k[2], k[3])):
+        b, n = base.get(key), fresh.get(key)
+        pair = _speed_pair(b or n)
+        strategy = key[1]
+        if b is None or n is None:
+            rows.append(Row(pair, strategy, SPEED_ENTRY, SPEED, mark=NOT_COMPARABLE,
+                            note="not in the baseline's speed entries" if b is None else
+                            "not in the new speed entries (speed.json)"))
+            continue
+        reasons = []
+        if not opt.ignore_code_hash and b.get("code") != n.get("code"):
+            reasons.append("strategy code changed")
+        if b.get("batch_size") != n.get("batch_size") or \
+                b.get("samples_per_step") != n.get("samples_per_step"):
+            reasons.append(f"batch differs: {b.get('samples_per_step')}->"
+                           f"{n.get('samples_per_step')} samples")
+        if strategy != REFERENCE_STRATEGY:
+            row = Row(pair, strategy, STEP_TIME_RATIO, SPEED)
+            _mark_speed(b, n, "ratio", False,
+                        opt.factors.for_row(pair, strategy, STEP_TIME_RATIO), row)
+            ref_changed = not opt.ignore_code_hash and \
+                b.get("reference_code") != n.get("reference_code")
+            _set_not_comparable(row, reasons + ([f"'{REFERENCE_STRATEGY}' code changed"]
+                                                if ref_changed else []))
+            rows.append(row)
+        row = Row(pair, strategy, SAMPLES_PER_S, SPEED)
+        _mark_speed(b, n, "samples_per_s", True,
+                    opt.factors.for_row(pair, strategy, SAMPLES_PER_S), row)
+        if reasons:
+            _set_not_comparable(row, reasons)
+        elif b.get("machine") != n.get("machine") or "unknown" in (b.get("machine"),
+                                                                    n.get("machine")):
+            # absolute speed only means something on the machine the baseline was taken on
+            row.mark, row.note = "", "other machine: shown, not gated"
         rows.append(row)
-    row = Row(pair, strategy, SAMPLES_PER_S, SPEED)
-    bv = [b_runs[s]["throughput"]["samples_per_s"] for s in seeds]
-    nv = [n_runs[s]["throughput"]["samples_per_s"] for s in seeds]
-    _mark(bv, nv, True, opt.factors.for_row(pair, strategy, SAMPLES_PER_S), opt.alpha, row)
-    machines = {b_runs[s]["machine"] for s in seeds} | {n_runs[s]["machine"] for s in seeds}
-    if speed_reasons:
-        _set_not_comparable(row, speed_reasons)
-    elif len(machines) > 1 or "unknown" in machines:
-        # absolute speed only means something on the machine the baseline was taken on
-        row.mark, row.note = "", "other machine: shown, not gated"
-    rows.append(row)
     return rows
 
 
@@ -651,19 +727,15 @@ def verdict(rows: Sequence[Row], fail_on_x: float | None = None) -> Verdict:
             if r.mark == WORSE:
                 ev = f"p = {r.p:.3g}" if r.p is not None else "95% CIs do not overlap"
                 ratio = f"x{r.ratio:.3g}" if r.ratio is not None else "sign changed"
+                unit = "rounds" if r.kind == SPEED else "seeds"
                 lines.append(f"worse: {what}: {_num(r.baseline)} -> {_num(r.new)} ({ratio}, "
-                             f"beyond {r.factor:.0%}, {ev}, {r.n} seeds)")
+                             f"beyond {r.factor:.0%}, {ev}, {r.n} {unit})")
             else:
                 lines.append(f"newly failing: {r.task_pair} / {r.strategy}: {r.note}")
     n_x = counts[NOT_COMPARABLE]
     x_failed = False
     if n_x:
-        reasons: dict[str, int] = {}
-        for r in rows:
-            if r.mark == NOT_COMPARABLE:
-                for reason in (r.note or "not comparable").split("; "):
-                    reasons[reason] = reasons.get(reason, 0) + 1
-        top = "; ".join(f"{k} ({v})" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        top = "; ".join(f"{k} ({v})" for k, v in _x_reasons(rows))
         lines.append(f"NOT COMPARABLE: {n_x} of {len(rows)} rows were not compared: {top}")
         if fail_on_x is not None and n_x / max(len(rows), 1) > fail_on_x:
             x_failed = True
@@ -680,6 +752,35 @@ def verdict(rows: Sequence[Row], fail_on_x: float | None = None) -> Verdict:
     lines.append("result: " + ("REGRESSION" if failed else "FAILED (not comparable)" if x_failed
                                else "ok, nothing worse"))
     return Verdict(code, lines, counts)
+
+
+def _x_reasons(rows: Sequence[Row]) -> list[tuple[str, int]]:
+    """Why rows are not comparable, most frequent first."""
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r.mark == NOT_COMPARABLE:
+            for reason in (r.note or "not comparable").split("; "):
+                if not reason.startswith("95% intervals"):
+                    reasons[reason] = reasons.get(reason, 0) + 1
+    return sorted(reasons.items(), key=lambda kv: -kv[1])
+
+
+def nothing_compared(rows: Sequence[Row]) -> str | None:
+    """Why no row was compared, or None when some row was (or something newly fails).
+
+    A check that compared nothing must not pass: zero metric rows, or every one of them ``x``.
+    """
+    if any(r.mark in FAILING_MARKS for r in rows):
+        return None
+    metric_rows = [r for r in rows if r.kind != STATUS]
+    if any(r.mark != NOT_COMPARABLE for r in metric_rows):
+        return None
+    top = _x_reasons(rows)
+    if top:
+        why = ", ".join(f"{k} ({v} rows)" for k, v in top[:3])
+        return f"{len([r for r in rows if r.mark == NOT_COMPARABLE])} of {len(rows)} rows are " \
+               f"not comparable: {why}"
+    return "no metric row: no seed finished in both the baseline and the new runs"
 
 
 def _num(x: Any) -> str:

@@ -27,6 +27,8 @@ Any problem (missing file, invalid TOML, unknown key, wrong type) is a one-line 
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,15 @@ SCALAR_KEYS: dict[str, tuple[type, ...]] = {
     "single_task": (bool,),
     "diag_every": (int,),
     "tune": (str,),
+    "select": (str,),
+}
+#: Allowed values of the numeric settings: (test, what the message asks for). ``run``'s options
+#: of the same names use these too, so a file and the command line accept the same values.
+SETTING_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "weight_decay": (lambda v: 0 <= v <= sys.float_info.max, "a non-negative finite number"),
+    "diag_every": (lambda v: v >= 0, "a non-negative integer (0: once per epoch)"),
 }
 LIST_KEYS = ("tasks", "strategies", "seeds", "lr")
 KEYS = (*LIST_KEYS, *SCALAR_KEYS, "set")
@@ -78,6 +89,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read config file '{path}': {exc.strerror or exc}") from None
     except toml.TOMLDecodeError as exc:
         raise UserError(f"config file '{path}' is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file '{path}' is not UTF-8 text (TOML files must be): byte "
+                        f"{exc.object[exc.start]:#04x} at offset {exc.start}") from None
     return check_config(data, str(path))
 
 
@@ -92,6 +106,9 @@ def check_config(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
             if not ok:
                 raise UserError(f"{where}: '{key}' should be {_type_name(types)}, "
                                 f"got {value!r}")
+            ok_range, requirement = SETTING_RANGES.get(key, (lambda v: True, ""))
+            if not ok_range(value):
+                raise UserError(f"{where}: '{key}' should be {requirement}, got {value!r}")
             out[key] = value
         elif key in ("tasks", "strategies"):
             names = [value] if isinstance(value, str) else value

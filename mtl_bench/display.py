@@ -7,6 +7,7 @@ sentence or a bold cell can never disagree with the table it describes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,88 +22,68 @@ from mtl_bench.aggregate import (
     MARKDOWN_FILE,
     RANKED_ROLES,
     REFERENCE,
-    REFERENCE_STRATEGY,
     ROLE,
     ROLE_ORDER,
     SETTING,
     SINGLE_TASK,
     Tables,
+    prepare,
 )
 from mtl_bench.store import (
     METRIC,
     REASON,
     SEED,
-    SPLIT,
     STATUS,
     STRATEGY,
     TASK,
-    TASK_PAIR,
-    VALUE,
     atomic_write_text,
 )
+from mtl_bench.tuning import point_text
 
 
 # -- the terminal table printed at the end of ``run`` -----------------------------------------
-def selected_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Val and test metrics of each ok run at its selected (best-on-validation) epoch."""
-    frames = []
-    for r in records:
-        if r.get("status") != "ok" or not r.get("summary"):
-            continue
-        df = pd.DataFrame(r["summary"], columns=["epoch", SPLIT, TASK, METRIC, VALUE])
-        df[TASK_PAIR] = r["task_pair"]
-        df[STRATEGY] = r["strategy"]
-        df[SEED] = r["seed"]
-        df["architecture"] = r.get("config", {}).get("architecture", "shared")
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def terminal_table(records: list[dict[str, Any]], tuned: Sequence[str] = ()) -> str:
+    """Compact comparison printed at the end of ``run``, one table per setting (the grouping
+    of ``aggregate``: other settings and code versions are never mixed, lr grids show their
+    chosen point).
 
-
-def terminal_table(records: list[dict[str, Any]]) -> str:
-    """Compact per-task-pair comparison printed at the end of ``run``.
-
-    Per strategy: mean (± sd over seeds) of each task's first metric on the test split at the
-    selected epoch, samples/s, and step time relative to fixed weights in the same records.
+    Per strategy: runs ok/total, mean ± sd over seeds (labelled) of each task's primary metric
+    on the test split at the selected epoch, the mean selected epoch, and the sweep's own
+    samples/s (wall time under the sweep's concurrency: shown, never ranked; see
+    ``mtl-bench speed`` for speed claims).
     """
-    sel = selected_frame(records)
     lines: list[str] = []
-    by_pair: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_pair.setdefault(r["task_pair"], []).append(r)
-    for pair, recs in sorted(by_pair.items()):
-        first_metric = {}
-        for r in recs:
-            for t in r.get("tasks", []):
-                first_metric.setdefault(t["name"], t["metrics"][0])
+    for s in prepare(records, tuned):
         rows = []
-        strategies = sorted({r["strategy"] for r in recs})
-        speed: dict[str, list[float]] = {}
-        for r in recs:
-            sps = r.get("throughput", {}).get("samples_per_s")
-            if r.get("status") == "ok" and sps:
-                speed.setdefault(r["strategy"], []).append(sps)
-        ref = np.mean(speed[REFERENCE_STRATEGY]) if REFERENCE_STRATEGY in speed else None
-        for s in strategies:
-            rs = [r for r in recs if r["strategy"] == s]
-            n_ok = sum(r.get("status") == "ok" for r in rs)
-            row: dict[str, Any] = {"strategy": s, "runs": f"{n_ok}/{len(rs)}"}
-            for task, metric in first_metric.items():
-                if sel.empty:
-                    vals = pd.Series(dtype=float)
-                else:
-                    m = ((sel[TASK_PAIR] == pair) & (sel[STRATEGY] == s) & (sel[SPLIT] == "test")
-                         & (sel[TASK] == task) & (sel[METRIC] == metric))
-                    vals = sel.loc[m, VALUE]
-                row[f"{task} {metric}"] = _mean_sd(vals)
-            sp = speed.get(s)
-            row["samples/s"] = f"{np.mean(sp):,.0f}" if sp else "-"
-            row["speed vs fixed"] = f"{np.mean(sp) / ref:.2f}x" if sp and ref else "-"
+        for lb in s.labels():
+            rs = [r for r in s.records if r["strategy"] == lb]
+            ok = [r for r in rs if r.get(STATUS) == "ok"]
+            row: dict[str, Any] = {"strategy": lb, "runs": f"{len(ok)}/{len(rs)}"}
+            for task, metric in s.summary_metrics:
+                vals = [float(v) for r in ok for (_, split, t, m, v) in r.get("summary") or []
+                        if split == "test" and t == task and m == metric]
+                row[f"{task} {metric}"] = _mean_sd(pd.Series(vals, dtype=float))
+            epochs = [r.get("selected_epoch") for r in ok if r.get("selected_epoch") is not None]
+            row["epoch"] = f"{np.mean(epochs):.1f}" if epochs else "-"
+            sps = [r["throughput"]["samples_per_s"] for r in ok
+                   if (r.get("throughput") or {}).get("samples_per_s")]
+            row["samples/s (sweep)"] = f"{np.exp(np.mean(np.log(sps))):,.0f}" if sps else "-"
             rows.append(row)
-        lines.append(f"\n{pair}  (test split, epoch selected on validation)")
+        rule = s.fields.get("select", "")
+        lines.append(f"\n{s.label}  (test split, mean ± sd over seeds, epoch selected on "
+                     f"validation by rule '{rule}')")
         lines.append(pd.DataFrame(rows).to_string(index=False))
-        failed = [r for r in recs if r.get("status") != "ok"]
-        for r in failed:
-            lines.append(f"  failed: {r['strategy']} seed {r['seed']}: {r.get('reason', '')}")
+        for ch in s.choices:
+            edge = f" (at the edge of the grid: {', '.join(ch.at_edge)})" if ch.at_edge else ""
+            name = ch.cell + (f" [{ch.single_task}]" if ch.single_task else "")
+            lines.append(f"  tuned {name}: {point_text(ch.chosen.point)} chosen from "
+                         f"{len(ch.candidates)} grid points on validation{edge}")
+        for r in s.records:
+            if r.get(STATUS) != "ok":
+                lines.append(f"  failed: {r['strategy']} seed {r['seed']}: "
+                             f"{r.get(REASON, '')}")
+    lines.append("\nsamples/s (sweep): wall time of runs sharing the machine; not a speed "
+                 "comparison (use `mtl-bench speed`).")
     return "\n".join(lines)
 
 

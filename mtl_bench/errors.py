@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(ValueError):
     """Bad input from the user: unknown name, malformed option, unreadable file.
@@ -30,3 +32,19 @@ def check_param(ok: bool, name: str, requirement: str, value: object) -> None:
     """
     if not ok:
         raise UserError(f"Parameter `{name}` should be {requirement}. Found `{name} = {value!r}`.")
+
+
+class OutputError(UserError):
+    """An output folder cannot take a file: a file in the way, no permission, disk full.
+
+    The message names the folder and the operating system's reason, e.g. ``cannot write tables
+    to 'reports/tables': No space left on device``.
+    """
+
+    def __init__(self, what: str, folder: str | Path, error: OSError):
+        folder = Path(folder)
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       None)
+        reason = (f"'{blocker}' is a file, not a folder" if blocker is not None
+                  else error.strerror or str(error))
+        super().__init__(f"cannot write {what} to '{folder}': {reason}")

@@ -64,7 +64,7 @@ from mtl_bench.store import (
 )
 from mtl_bench.strategy import label
 from mtl_bench.sweep import SweepSpec, execute, expand, parse_seeds, validate_all
-from mtl_bench.train import RunConfig, source_hash, train_step
+from mtl_bench.train import RunConfig, current_code
 
 DOCS_FILE = Path("docs") / "reproductions.md"
 FIGURES_DIR = "figures"
@@ -194,13 +194,6 @@ class Reproduction:
 
     def section(self, records: list[dict[str, Any]], ctx: Context) -> str:
         raise NotImplementedError
-
-
-def current_code(config: RunConfig) -> dict[str, str]:
-    """Code hashes a record of ``config`` would carry if trained now (see ``train_run``)."""
-    return {"strategy": source_hash(registry.strategies.get(config.strategy)),
-            "task": source_hash(registry.tasks.get(config.task)),
-            "harness": source_hash(train_step)}
 
 
 def _slow_first(config: RunConfig) -> tuple[int, int]:

@@ -8,7 +8,16 @@
   Both are two-sided. With n pairs and no ties neither can give p below 2 / 2^n
   (:func:`min_attainable_p`): n = 5 gives 0.0625, n = 6 gives 0.03125 — the smallest n at which
   a 5% test can reject at all, hence the switch at 6.
+* :func:`bounded_interval` — mean of a metric bounded in an interval (accuracy, F1, AUROC, ECE:
+  [0, 1]) with a confidence interval that stays inside the bounds: the t-interval of the mean
+  mapped through the logit (delta method), or the percentile bootstrap.
+* :func:`log_interval` — geometric mean of a positive ratio-like quantity (speed ratio, step
+  time, samples/s) with a t-interval on the log scale, so the interval is always positive.
+* :func:`interval_for` — one entry point choosing among the above by the metric's kind.
+* :func:`holm` — Holm-Bonferroni step-down adjusted p values for a family of tests.
 * :func:`rank_values` — ranks with the metric's direction (1 = best, ties share the mean rank).
+* :func:`unique_best` — which entry (if any) is best without a tie: strictly best mean and the
+  runner-up's mean outside the best's interval.
 * :func:`friedman_nemenyi` — Friedman test over task pairs (blocks) x strategies plus the
   Nemenyi critical difference CD = q_alpha sqrt(k (k + 1) / (6 N)), with
   q_alpha = studentized_range.ppf(1 - alpha, k, inf) / sqrt(2) (Demšar, "Statistical
@@ -23,11 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from mtl_bench.errors import UserError
 
 CI_METHODS = ("t", "bootstrap")
+KINDS = ("unbounded", "unit", "positive")
 WILCOXON_MIN_N = 6
 WILCOXON = "Wilcoxon signed-rank"
 SIGN_FLIP = "exact sign-flip permutation"
@@ -37,13 +47,19 @@ BOOTSTRAP_SEED = 0
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of ``n`` finite values with a two-sided confidence interval (NaN when n < 2)."""
+    """Mean of ``n`` finite values with a two-sided confidence interval (NaN when n < 2).
+
+    ``scale`` is the scale the interval was computed on: ``"linear"`` (as is), ``"logit"``
+    (:func:`bounded_interval`, method t) or ``"log"`` (:func:`log_interval`; ``mean`` is then
+    the geometric mean).
+    """
 
     mean: float
     low: float
     high: float
     sd: float
     n: int
+    scale: str = "linear"
 
 
 def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -93,6 +109,141 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95,
     if method == "bootstrap":
         return bootstrap_interval(values, level)
     return t_interval(values, level)
+
+
+def _bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must be two finite numbers, low < high; got {bounds!r}")
+    return lo, hi
+
+
+def bounded_interval(values: Sequence[float] | np.ndarray, level: float = 0.95,
+                     method: str = "t", bounds: tuple[float, float] = (0.0, 1.0)) -> Interval:
+    """Mean of a bounded metric with an interval guaranteed inside ``bounds`` and around the mean.
+
+    For accuracy, F1, precision, recall, AUROC, ECE (bounds [0, 1]) the plain t-interval can
+    cross a bound when the mean is near it (e.g. [1.0, 1.0, 0.96] gives a high of 1.04).
+
+    Non-finite values are ignored; values outside the bounds (floating-point noise) are clipped
+    to them first, so ``mean`` is the plain mean of the values in range. ``sd`` is the plain
+    sample standard deviation.
+
+    * ``method="t"`` (``scale="logit"``): the t-interval of the *mean* on the logit scale, by the
+      delta method. With ``u = (x - low) / (high - low)`` and m the mean of u,
+      ``logit(m) ± t_{(1+level)/2, n-1} * se(m) / (m (1 - m))``, mapped back with the logistic
+      function and rescaled. This is the transformed Wald interval used for proportions and
+      survival probabilities: the logit maps (0, 1) onto the whole line, so the back-transformed
+      interval lies strictly inside the bounds with no clipping and no epsilon, it contains the
+      mean (the transform is monotone and the interval is centred on logit(m)), it is
+      asymmetric and widens on the side away from a nearby bound, and far from the bounds
+      it agrees with the plain t-interval to first order. Transforming the mean rather than
+      the values keeps the estimand the plain mean (the mean of logits estimates a different
+      quantity and needs an arbitrary squeeze of values at 0 or 1). When every value is equal
+      (sd 0; checked on the values, not on a rounded sd) — hence whenever the mean sits on a
+      bound — the interval is degenerate, low = high = mean.
+    * ``method="bootstrap"`` (``scale="linear"``): the percentile bootstrap of the mean
+      (:func:`bootstrap_interval`) of the clipped values; resampled means lie between the
+      smallest and largest value, so it is already inside the bounds (clamped to the bounds and
+      to the mean only against rounding).
+    """
+    check_ci(method, level)
+    lo_b, hi_b = _bounds(bounds)
+    v = np.clip(_finite(values), lo_b, hi_b)
+    if method == "bootstrap":
+        iv = bootstrap_interval(v, level)
+        if iv.n < 2:
+            return iv
+        low = min(max(iv.low, lo_b), iv.mean)
+        high = max(min(iv.high, hi_b), iv.mean)
+        return Interval(iv.mean, low, high, iv.sd, iv.n, "linear")
+    iv = t_interval(v, level)
+    if iv.n < 2:
+        return Interval(iv.mean, iv.low, iv.high, iv.sd, iv.n, "logit")
+    width = hi_b - lo_b
+    m = (iv.mean - lo_b) / width
+    if np.all(v == v[0]) or not 0 < m < 1:  # all equal (m on a bound implies that)
+        return Interval(iv.mean, iv.mean, iv.mean, iv.sd, iv.n, "logit")
+    se = iv.sd / math.sqrt(iv.n) / width
+    half = float(stats.t.ppf((1 + level) / 2, iv.n - 1)) * se / (m * (1 - m))
+    centre = math.log(m) - math.log1p(-m)
+    low = lo_b + width * float(special.expit(centre - half))
+    high = lo_b + width * float(special.expit(centre + half))
+    low = min(max(low, lo_b), iv.mean)  # guards against rounding only
+    high = max(min(high, hi_b), iv.mean)
+    return Interval(iv.mean, low, high, iv.sd, iv.n, "logit")
+
+
+def logit_band(mean: np.ndarray, sd: np.ndarray, n: np.ndarray, level: float = 0.95
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`bounded_interval` (``method="t"``, bounds [0, 1]) from group means,
+    standard deviations and counts: the bands of curves of bounded metrics. NaN where n < 2;
+    low = high = mean where the sd is 0 or the mean sits on a bound."""
+    mean = np.asarray(mean, dtype=float)
+    sd = np.asarray(sd, dtype=float)
+    n = np.asarray(n, dtype=float)
+    m = np.clip(mean, 0.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        dof = np.where(n > 1, n - 1, np.nan)
+        half = stats.t.ppf((1 + level) / 2, dof) * sd / np.sqrt(n) / (m * (1 - m))
+        centre = special.logit(m)
+        low = special.expit(centre - half)
+        high = special.expit(centre + half)
+    flat = (sd == 0) | (m <= 0) | (m >= 1)
+    low = np.where(flat, mean, np.minimum(low, mean))
+    high = np.where(flat, mean, np.maximum(high, mean))
+    return np.where(n > 1, low, np.nan), np.where(n > 1, high, np.nan)
+
+
+def log_interval(values: Sequence[float] | np.ndarray, level: float = 0.95,
+                 method: str = "t") -> Interval:
+    """Geometric mean of a positive ratio-like quantity with an interval on the log scale.
+
+    For speed ratios, step times and samples/s, which are positive and multiplicative (a run
+    twice as fast and one twice as slow average to "as fast"), a t-interval on the raw values
+    can go below zero (34,188 ± 37,339 samples/s). Here the interval is computed on log(x) and
+    exponentiated, so it is always positive (low > 0) and asymmetric (x/÷ a factor):
+    ``mean = exp(mean(log x))`` is the geometric mean (<= the arithmetic mean). With
+    ``method="t"`` the interval is ``exp(mean(log x) ± t_{(1+level)/2, n-1} sd(log x) / √n)``;
+    with ``method="bootstrap"`` the percentile bootstrap of mean(log x), exponentiated.
+    ``sd`` is the plain sample standard deviation of the values used (original units).
+
+    Values that are not finite or not positive are ignored (they are not measurements of a
+    positive quantity and have no logarithm); ``n`` counts the values used.
+    """
+    check_ci(method, level)
+    v = _finite(values)
+    v = v[v > 0]
+    logs = np.log(v)
+    iv = bootstrap_interval(logs, level) if method == "bootstrap" else t_interval(logs, level)
+    with np.errstate(over="ignore"):
+        sd = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+    if iv.n == 0:
+        return Interval(math.nan, math.nan, math.nan, math.nan, 0, "log")
+    mean = math.exp(iv.mean)
+    if iv.n == 1:
+        return Interval(mean, math.nan, math.nan, sd, 1, "log")
+    if np.all(v == v[0]):  # rounding in log/exp must not open a spurious interval
+        return Interval(mean, mean, mean, sd, iv.n, "log")
+    with np.errstate(over="ignore", under="ignore"):  # absurd spreads: 0 or inf
+        low, high = (float(x) for x in np.exp([iv.low, iv.high]))
+    low = min(max(low, float(np.finfo(float).tiny)), mean)  # low stays > 0
+    high = max(high, mean)
+    return Interval(mean, low, high, sd, iv.n, "log")
+
+
+def interval_for(values: Sequence[float] | np.ndarray, level: float = 0.95, method: str = "t",
+                 kind: str = "unbounded") -> Interval:
+    """Interval of the kind the metric needs: ``"unbounded"`` -> :func:`mean_ci` (linear),
+    ``"unit"`` (bounded in [0, 1]) -> :func:`bounded_interval`, ``"positive"`` ->
+    :func:`log_interval` (geometric mean, log scale). ``method`` is ``t`` or ``bootstrap``."""
+    if kind == "unit":
+        return bounded_interval(values, level, method)
+    if kind == "positive":
+        return log_interval(values, level, method)
+    if kind == "unbounded":
+        return mean_ci(values, level, method)
+    raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
 
 
 def t_half_width(sd: np.ndarray, n: np.ndarray, level: float = 0.95) -> np.ndarray:
@@ -162,6 +313,31 @@ def paired_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
     return PairedTest(WILCOXON, n, float(res.statistic), float(res.pvalue), mean_diff)
 
 
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p values (same shape as the input).
+
+    With the m non-NaN p values sorted, p_(1) <= ... <= p_(m), the adjusted value of p_(i) is
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``: monotone in p, never below p, capped at 1.
+    Rejecting where the adjusted p <= alpha is Holm's procedure, which controls the
+    family-wise error rate at alpha under any dependence between the tests (Holm 1979), and is
+    uniformly more powerful than Bonferroni. NaN entries (no test) stay NaN and are not counted
+    in m. Raises ValueError for a p value outside [0, 1].
+    """
+    p = np.asarray(pvalues, dtype=float)
+    flat = p.ravel()
+    out = np.full(flat.shape, np.nan)
+    ok = ~np.isnan(flat)
+    if np.any((flat[ok] < 0) | (flat[ok] > 1)):
+        raise ValueError("p values must lie in [0, 1]")
+    idx = np.flatnonzero(ok)
+    m = len(idx)
+    if m:
+        order = idx[np.argsort(flat[idx], kind="stable")]
+        scaled = np.minimum(1.0, (m - np.arange(m)) * flat[order])
+        out[order] = np.maximum.accumulate(scaled)
+    return out.reshape(p.shape)
+
+
 # -- ranks and the cross-pair test -------------------------------------------------------------
 def rank_values(values: Sequence[float] | np.ndarray, higher_is_better: bool) -> np.ndarray:
     """Rank 1 = best; ties share their mean rank; NaN values get NaN and take no rank."""
@@ -171,6 +347,35 @@ def rank_values(values: Sequence[float] | np.ndarray, higher_is_better: bool) ->
     if ok.any():
         out[ok] = stats.rankdata(-v[ok] if higher_is_better else v[ok])
     return out
+
+
+def unique_best(means: Sequence[float] | np.ndarray, lows: Sequence[float] | np.ndarray,
+                highs: Sequence[float] | np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Boolean mask: True only at an entry that is best without a tie, e.g. to print in bold.
+
+    An entry is best when its mean is strictly better than every other finite mean *and* the
+    runner-up's mean lies outside the best's interval (below ``low`` when higher is better, above
+    ``high`` when lower is better; a runner-up on the edge counts as inside). If the best has no
+    interval on that side (NaN, e.g. n < 2), being strictly better is enough. An exact tie at the
+    top or a runner-up inside the interval gives all False, as do fewer than two finite means
+    (nothing to be best against). NaN means are never best.
+    """
+    m = np.asarray(means, dtype=float)
+    lo = np.asarray(lows, dtype=float)
+    hi = np.asarray(highs, dtype=float)
+    if not m.shape == lo.shape == hi.shape:
+        raise ValueError(f"unique_best needs equal shapes, got {m.shape}, {lo.shape}, {hi.shape}")
+    m, lo, hi = m.ravel(), lo.ravel(), hi.ravel()
+    out = np.zeros(m.shape, dtype=bool)
+    idx = np.flatnonzero(np.isfinite(m))
+    if len(idx) >= 2:
+        order = idx[np.argsort(-m[idx] if higher_is_better else m[idx], kind="stable")]
+        best, runner = order[0], order[1]
+        edge = lo[best] if higher_is_better else hi[best]
+        if m[best] != m[runner] and (
+                math.isnan(edge) or (m[runner] < edge if higher_is_better else m[runner] > edge)):
+            out[best] = True
+    return out.reshape(np.shape(means))
 
 
 def nemenyi_cd(k: int, n_blocks: int, alpha: float = 0.05) -> tuple[float, float]:

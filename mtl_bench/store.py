@@ -28,12 +28,29 @@ TASK_PAIR, STRATEGY, SEED, SPLIT, TASK, METRIC, VALUE, EPOCH, STEP, RUN_ID = (
 STATUS, REASON = "status", "reason"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only read
+    it by setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename (atomic on POSIX)."""
+    """Write ``text`` to ``path`` via a temporary file and rename (atomic on POSIX). The file
+    gets the mode an ordinary write would give it (0o666 less the umask), not mkstemp's 0o600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
+            os.chmod(tmp, 0o666 & ~_umask())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

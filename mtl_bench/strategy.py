@@ -21,6 +21,7 @@ The three families of DESIGN.md map onto one method, :meth:`Strategy.combine`:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -248,11 +249,19 @@ def check_grad_source(value: object, allowed: Sequence[str] = ("shared", "rep"))
 
 
 def check_positive(name: str, value: object, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value >= 0 if allow_zero else value > 0
-    )
+    """A positive (or, with ``allow_zero``, non-negative) finite number; inf and nan fail."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and is_finite(value) \
+        and (value >= 0 if allow_zero else value > 0)
     requirement = "a non-negative float" if allow_zero else "a positive float"
-    check_param(ok and value == value, name, requirement, value)
+    check_param(ok, name, requirement, value)
+
+
+def is_finite(value: int | float) -> bool:
+    """``math.isfinite`` that also answers for ints too large to be a float (10**400)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_optional_lr(value: object) -> None:

@@ -12,7 +12,6 @@ memory, killed) turns that run into a failed record and a fresh worker takes its
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import multiprocessing as mp
 import os
@@ -30,14 +29,19 @@ from typing import Any, TextIO
 
 from mtl_bench import registry
 from mtl_bench.errors import UserError
-from mtl_bench.store import RunStore, atomic_write_text
-from mtl_bench.train import SCHEMA_VERSION, RunConfig, build_task_pair, train_run, validate
+from mtl_bench.metrics import get_metric
+from mtl_bench.store import RunStore
+from mtl_bench.train import (
+    SCHEMA_VERSION,
+    RunConfig,
+    build_task_pair,
+    current_code,
+    train_run,
+    validate,
+)
 
 #: Default ``--tune lr`` grid: these factors times the task pair's default learning rate.
 TUNE_LR_FACTORS = (1 / 3, 1.0, 3.0)
-#: File written beside the records by ``--tune``.
-TUNING_FILE = "tuning.json"
-TUNING_SCHEMA = 1
 
 Finish = Callable[[RunConfig, dict[str, Any]], None]
 
@@ -84,27 +88,44 @@ def grid(params: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))]
 
 
+#: Most seeds one sweep may name (far beyond any study; a typo such as 100000000000 would
+#: otherwise build the whole list in memory).
+MAX_SEEDS = 10_000
+#: Largest seed value: the 32-bit range of numpy's legacy seeding (torch takes 64 bits).
+MAX_SEED = 2**32 - 1
+
+
 def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``0,5,7`` (or a list) -> [0, 5, 7]."""
+    """``3`` -> [0, 1, 2]; ``0,5,7`` (or a list) -> [0, 5, 7]. At most :data:`MAX_SEEDS`
+    seeds, each from 0 to :data:`MAX_SEED`."""
+    count = None
     try:
         if isinstance(text, (list, tuple)):
             seeds = [int(s) for s in text]
             if not seeds or min(seeds) < 0 or any(isinstance(s, bool) for s in text):
                 raise ValueError
-            return seeds
-        if isinstance(text, int) or "," not in str(text):
+        elif isinstance(text, int) or "," not in str(text):
             if isinstance(text, bool):
                 raise ValueError
-            n = int(text)
-            if n < 1:
+            count = int(text)
+            if count < 1:
                 raise ValueError
-            return list(range(n))
-        seeds = [int(s) for s in str(text).split(",") if s.strip()]
-        if not seeds or min(seeds) < 0:
-            raise ValueError
-        return seeds
+        else:
+            seeds = [int(s) for s in str(text).split(",") if s.strip()]
+            if not seeds or min(seeds) < 0:
+                raise ValueError
     except (TypeError, ValueError):
         raise UserError(f"--seeds expects a count (3) or a list (0,5,7), got '{text}'") from None
+    if count is not None:
+        if count > MAX_SEEDS:
+            raise UserError(f"--seeds: at most {MAX_SEEDS} seeds per sweep, got {count}")
+        return list(range(count))
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(f"--seeds: at most {MAX_SEEDS} seeds per sweep, got {len(seeds)}")
+    if max(seeds) > MAX_SEED:
+        raise UserError(f"--seeds: a seed must be at most {MAX_SEED} (2**32 - 1), "
+                        f"got {max(seeds)}")
+    return seeds
 
 
 def check_lrs(values: Sequence[Any], source: str = "--lr") -> list[float]:
@@ -172,6 +193,10 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
             if kind is None:
                 raise UserError(f"--set names '{name}', which is neither a strategy nor a task "
                                 "pair; choose from: " + ", ".join(sorted(known)))
+            option, chosen = (("--task", spec.tasks) if kind == "task pair" else
+                              ("--strategy", spec.strategies))
+            raise UserError(f"--set names {kind} '{name}', which is not in this sweep "
+                            f"({option} {','.join(chosen)})")
     configs: list[RunConfig] = []
     for task in spec.tasks:
         task_grid = grid(spec.assignments.get(task, {}))
@@ -217,13 +242,89 @@ def validate_all(configs: Sequence[RunConfig]) -> None:
             validate(c)
 
 
-def plan(configs: Sequence[RunConfig], store: RunStore) -> list[tuple[RunConfig, str | None]]:
-    """Each config with its stored status: None (to run), ok, failed, or corrupt (to rerun)."""
-    return [(c, store.status(c.task, c.run_id)) for c in configs]
+#: Failure kinds a plain rerun retries: the cause was the worker or the machine, not the run.
+RETRYABLE = frozenset({"worker", "timeout"})
+CODE_PARTS = (("strategy", "strategy"), ("task", "task-pair"), ("harness", "harness"))
 
 
-def needs_run(status: str | None, retry_failed: bool) -> bool:
-    return status is None or status == "corrupt" or (retry_failed and status == "failed")
+def failure_kind(record: dict[str, Any]) -> str:
+    """``diverged``, ``timeout``, ``worker`` (the process died or a Dask task was lost) or
+    ``error``; records of earlier versions are read from their reason."""
+    kind = record.get("failure")
+    if kind:
+        return str(kind)
+    reason = str(record.get("reason", ""))
+    if reason.startswith(("worker process", "Dask task failed")):
+        return "worker"
+    if "--max-run-seconds" in reason:
+        return "timeout"
+    if record.get("failed_epoch") is not None or "non-finite" in reason:
+        return "diverged"
+    return "error"
+
+
+def stale_reason(record: dict[str, Any], config: RunConfig) -> str:
+    """Why a stored record does not come from the code installed now ('' when it does)."""
+    stored = record.get("code") or {}
+    if not stored:
+        return "the record carries no code identity"
+    now = current_code(config.resolved())
+    changed = [what for key, what in CODE_PARTS if stored.get(key) != now.get(key)]
+    return f"{', '.join(changed)} code changed" if changed else ""
+
+
+@dataclass
+class Planned:
+    """One config of the grid with what its stored record says: ``new``, ``done``, ``stale``,
+    ``failed`` (deterministic: kept), ``retry`` (the worker failed) or ``corrupt``."""
+
+    config: RunConfig
+    state: str
+    reason: str = ""
+    todo: bool = True
+
+    def describe(self) -> str:
+        if self.state == "new":
+            return "to run"
+        if self.state == "done":
+            return "done"
+        if self.state == "stale":
+            return f"stale ({self.reason}): " + ("will retrain" if self.todo else "kept")
+        if self.state == "retry":
+            return f"failed ({self.reason}): will retry"
+        if self.state == "failed":
+            return f"failed ({self.reason}): " + ("will rerun" if self.todo else
+                                                   "kept (--retry-failed reruns it)")
+        return "corrupt record: will rerun"
+
+
+def plan(configs: Sequence[RunConfig], store: RunStore, retry_failed: bool = False,
+         keep_stale: bool = False) -> list[Planned]:
+    """What to do with each config: train it, or keep its stored record. A record trained with
+    other strategy, task-pair or harness code is stale and retrained (unless ``keep_stale``);
+    a failure whose cause was the worker (killed, out of memory, timeout) is retried; a
+    deterministic failure (divergence, an error in the run) is kept unless ``retry_failed``."""
+    out = []
+    for c in configs:
+        path = store.path_for(c.task, c.run_id)
+        if not path.exists():
+            out.append(Planned(c, "new"))
+            continue
+        try:
+            record = store.read(path)
+        except ValueError:
+            out.append(Planned(c, "corrupt"))
+            continue
+        stale = stale_reason(record, c)
+        if stale:
+            out.append(Planned(c, "stale", stale, not keep_stale))
+        elif record.get("status") == "ok":
+            out.append(Planned(c, "done", todo=False))
+        elif failure_kind(record) in RETRYABLE:
+            out.append(Planned(c, "retry", failure_kind(record)))
+        else:
+            out.append(Planned(c, "failed", failure_kind(record), retry_failed))
+    return out
 
 
 def check_writable(store: RunStore) -> None:
@@ -242,13 +343,20 @@ def describe(c: RunConfig, with_lr: bool = False) -> str:
     return f"{c.task} {c.strategy_label}{lr} seed {c.seed}"
 
 
-def failed_record(config: RunConfig, reason: str, wall_s: float = 0.0) -> dict[str, Any]:
+def failed_record(config: RunConfig, reason: str, wall_s: float = 0.0,
+                  failure: str = "worker") -> dict[str, Any]:
     """The record of a run that produced none itself (its worker died or was killed).
 
-    It carries the same keys as a failed record from ``train_run`` so every later stage reads it
-    like any other failure.
+    It carries the same keys and the same identity (config, code hashes, tasks) as a failed
+    record from ``train_run``, so every later stage reads it like any other failure and a dead
+    worker is one failed cell, never a blocked report.
     """
     resolved = config.resolved()
+    try:
+        pair = build_task_pair(resolved.task, resolved.task_options)
+        tasks = [t for t in pair.tasks() if resolved.single_task in (None, t.name)]
+    except UserError:
+        tasks = []
     return {
         "schema": SCHEMA_VERSION,
         "run_id": resolved.run_id,
@@ -256,8 +364,13 @@ def failed_record(config: RunConfig, reason: str, wall_s: float = 0.0) -> dict[s
         "task_pair": resolved.task,
         "strategy": resolved.strategy_label,
         "seed": resolved.seed,
-        "tasks": [],
+        "tasks": [{"name": t.name, "kind": t.kind, "metrics": list(t.metrics),
+                   "primary": t.primary} for t in tasks],
+        "metric_directions": {m: get_metric(m).higher_is_better for t in tasks
+                              for m in t.metrics},
+        "code": current_code(resolved),
         "status": "failed",
+        "failure": failure,
         "reason": reason,
         "wall_s": wall_s,
         "selected_epoch": 0,
@@ -475,14 +588,16 @@ def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
                     if kind == "user_error":
                         raise UserError(payload)
                     if kind == "error":
-                        payload = failed_record(config, payload, time.monotonic() - w.started)
+                        payload = failed_record(config, payload, time.monotonic() - w.started,
+                                                failure="error")
                     finish(config, payload)
                 elif (deadline is not None and w.running
                       and time.monotonic() - w.started > deadline):
                     replace_worker(w)
                     finish(config, failed_record(
                         config, f"exceeded --max-run-seconds {max_seconds:g}; worker killed "
-                                f"after {deadline:.0f}s", time.monotonic() - w.started))
+                                f"after {deadline:.0f}s", time.monotonic() - w.started,
+                        failure="timeout"))
     finally:
         for w in workers:
             _stop(w, force=w.config is not None)
@@ -546,104 +661,3 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# -- learning-rate tuning ----------------------------------------------------------------------
-def selection_score(record: dict[str, Any]) -> float | None:
-    """The validation score a run was selected on, at its selected epoch: the mean over tasks of
-    val loss / val loss at epoch 0 (lower is better). ``train_run`` picks the epoch by the sum of
-    the same ratios, which orders epochs identically. None for a failed run."""
-    if record.get("status") != "ok":
-        return None
-    epoch = record.get("selected_epoch")
-    c = record.get("curves") or {}
-    cols = c.get("columns", [])
-    try:
-        ie, isp, it, im, iv = (cols.index(k) for k in ("epoch", "split", "task", "metric",
-                                                         "value"))
-    except ValueError:
-        return None
-    at: dict[str, float] = {}
-    start: dict[str, float] = {}
-    for row in c.get("rows", []):
-        if row[isp] == "val" and row[im] == "loss":
-            if row[ie] == epoch:
-                at[row[it]] = row[iv]
-            elif row[ie] == 0:
-                start[row[it]] = row[iv]
-    tasks = [t for t in at if t in start]
-    if not tasks:
-        return None
-    score = sum(at[t] / max(start[t], 1e-12) for t in tasks) / len(tasks)
-    return score if math.isfinite(score) else None
-
-
-def _group_key(record: dict[str, Any]) -> str:
-    cfg = {k: v for k, v in (record.get("config") or {}).items() if k not in ("lr", "seed")}
-    return json.dumps(cfg, sort_keys=True, default=str)
-
-
-def tune(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Choose a learning rate per group of runs that differ only in lr and seed.
-
-    A group is (task pair, task options, strategy with its hyper-parameters, single task, every
-    other config field). For each lr the score is the mean over seeds of
-    :func:`selection_score`; an lr with any failed seed is not eligible. The chosen lr has the
-    lowest score (ties: the smaller lr).
-    """
-    groups: dict[str, dict[float, list[dict[str, Any]]]] = {}
-    for r in records:
-        lr = (r.get("config") or {}).get("lr")
-        if lr is None:
-            continue
-        groups.setdefault(_group_key(r), {}).setdefault(float(lr), []).append(r)
-    out_groups = []
-    chosen_ids: list[str] = []
-    for key in sorted(groups):
-        by_lr = groups[key]
-        first = next(iter(by_lr.values()))[0]
-        cfg = first.get("config", {})
-        candidates = []
-        for lr in sorted(by_lr):
-            runs = sorted(by_lr[lr], key=lambda r: r.get("seed", 0))
-            scores = [selection_score(r) for r in runs]
-            failed = sum(s is None for s in scores)
-            ok_scores = [s for s in scores if s is not None]
-            candidates.append({
-                "lr": lr,
-                "score": (sum(ok_scores) / len(ok_scores)) if ok_scores and not failed else None,
-                "seeds": [r.get("seed") for r in runs],
-                "n_failed": failed,
-                "run_ids": [r["run_id"] for r in runs],
-            })
-        eligible = [c for c in candidates if c["score"] is not None]
-        best = min(eligible, key=lambda c: (c["score"], c["lr"])) if eligible else None
-        out_groups.append({
-            "task_pair": first.get("task_pair"),
-            "strategy": first.get("strategy"),
-            "single_task": cfg.get("single_task"),
-            "task_options": cfg.get("task_options", {}),
-            "candidates": candidates,
-            "chosen_lr": best["lr"] if best else None,
-            "chosen_run_ids": best["run_ids"] if best else [],
-            # the best lr may lie beyond the grid: widen it when this is true
-            "at_edge": bool(best) and len(candidates) > 1 and best["lr"] in (
-                candidates[0]["lr"], candidates[-1]["lr"]),
-        })
-        if best:
-            chosen_ids.extend(best["run_ids"])
-    return {
-        "schema": TUNING_SCHEMA,
-        "param": "lr",
-        "score": "mean over seeds of (mean over tasks of val loss at the selected epoch / val "
-                 "loss at epoch 0); lower is better; an lr with a failed seed is not eligible",
-        "groups": out_groups,
-        "chosen_run_ids": chosen_ids,
-    }
-
-
-def write_tuning(store: RunStore, tuning: dict[str, Any]) -> Path:
-    path = store.root / TUNING_FILE
-    try:
-        atomic_write_text(path, json.dumps(tuning, indent=1, allow_nan=False))
-    except OSError as exc:
-        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from None
-    return path

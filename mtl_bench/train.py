@@ -167,8 +167,17 @@ def validate(config: RunConfig) -> None:
     if strategy.grad_source is not None and config.architecture == "separate":
         raise UserError(f"strategy '{strategy}' needs gradients of shared parameters, but the "
                         "'separate' architecture shares none; use --architecture shared")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        device = torch.device("meta")  # not a device torch knows: rejected just below
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device '{config.device}'; choose from: cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{config.device}' requested but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device '{config.device}' requested but this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s)")
 
 
 # -- provenance --------------------------------------------------------------------------------
@@ -668,13 +677,14 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
         record["details"] = classification_details(model, tasks, data.test)
         record["status"] = "ok"
     except RunDiverged as exc:
-        record.update(status="failed", reason=str(exc), failed_epoch=exc.epoch)
+        record.update(status="failed", failure="diverged", reason=str(exc),
+                      failed_epoch=exc.epoch)
     except RunTimeout as exc:
-        record.update(status="failed", reason=str(exc))
+        record.update(status="failed", failure="timeout", reason=str(exc))
     except UserError:
         raise
     except Exception as exc:  # a crash inside one run must not end the sweep
-        record.update(status="failed", reason=f"{type(exc).__name__}: {exc}",
+        record.update(status="failed", failure="error", reason=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=8))
 
     record["wall_s"] = time.perf_counter() - start

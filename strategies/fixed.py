@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mtl_bench.errors import check_param
 from mtl_bench.registry import register_strategy
-from mtl_bench.strategy import Strategy, TaskGradients, TaskInfo, Update
+from mtl_bench.strategy import Strategy, TaskGradients, TaskInfo, Update, is_finite
 
 
 def simplex_compositions(total: int, parts: int) -> list[tuple[int, ...]]:
@@ -50,7 +50,7 @@ class Fixed(Strategy):
             ok = (isinstance(weights, Sequence) and not isinstance(weights, str)
                   and len(weights) > 0
                   and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
-                          and w == w and w != float("inf") for w in weights)
+                          and is_finite(w) for w in weights)
                   and any(w > 0 for w in weights))
             check_param(ok, "weights", "a list of non-negative finite numbers, not all zero",
                         weights)

@@ -120,16 +120,13 @@ def test_seeded_degradation_of_one_strategy_marks_only_its_row(dirs, capsys):
 
 def test_noise_within_the_factor_gives_no_mark(dirs, capsys):
     # every new value within 8% of its strategy's mean: beyond no 10% factor, whatever p says
-    # (speed noise 3% each side keeps the ratio to fixed within 1.03/0.97)
-    _baseline_and_new(dirs, q_noise=0.08, s_noise=0.03)
+    _baseline_and_new(dirs, q_noise=0.08)
     code, rows, err = _check(dirs, capsys)
     assert code == 0 and _marks(rows) == {}
     assert "ok, nothing worse" in err
-    kinds = {r["kind"] for r in rows}
-    assert kinds == {"status", "quality", "speed"}
+    assert {r["kind"] for r in rows} == {"status", "quality"}  # quality only by default
     assert {r["metric"] for r in rows if r["strategy"] == "dwa"} == {
-        "runs_ok", "species.accuracy", "body_mass.mae", "speed_vs_fixed", "samples_per_s"}
-    assert not any(r["metric"] == "speed_vs_fixed" for r in rows if r["strategy"] == "fixed")
+        "runs_ok", "species.accuracy", "body_mass.mae"}
 
 
 def test_better_is_minus_and_passes(dirs, capsys):
@@ -178,7 +175,7 @@ def test_changed_config_is_x_and_only_fails_with_fail_on_x(dirs, capsys):
     assert all("epochs 10->11" in r["note"] for r in rows if r["mark"] == "x")
     assert "NOT COMPARABLE" in err and "config differs: epochs 10->11" in err
     assert _check(dirs, capsys, "--fail-on-x")[0] == 1
-    assert _check(dirs, capsys, "--fail-on-x", "0.5")[0] == 0  # 5 of 14 rows are x
+    assert _check(dirs, capsys, "--fail-on-x", "0.5")[0] == 0  # 3 of 9 rows are x
 
 
 def test_changed_strategy_code_is_x_unless_ignored(dirs, capsys):
@@ -220,34 +217,6 @@ def test_newly_fixed_is_star_and_passes(dirs, capsys):
     assert code == 0 and _marks(rows) == {("dwa", "runs_ok"): "*"}
 
 
-def test_speed_ratio_survives_a_machine_change_and_absolute_gates_on_same_machine(dirs,
-                                                                                  capsys):
-    def slower_machine(strategy, seed, kw):
-        kw["sps"] *= 0.5
-        kw["machine"] = "other"
-
-    _baseline_and_new(dirs, slower_machine)
-    code, rows, _ = _check(dirs, capsys)
-    assert code == 0 and _marks(rows) == {}
-    assert all(r["note"] == "other machine: shown, not gated"
-               for r in rows if r["metric"] == "samples_per_s")
-
-    def slower_strategy(strategy, seed, kw):
-        if strategy == "gradnorm":
-            kw["sps"] *= 0.5
-
-    for p in dirs[1].glob("*/*.json"):
-        p.unlink()
-    _write_set(dirs[1], 1, edit=slower_strategy)
-    code, rows, _ = _check(dirs, capsys)
-    assert code == 1 and _marks(rows) == {("gradnorm", "speed_vs_fixed"): "+",
-                                          ("gradnorm", "samples_per_s"): "+"}
-    code, rows, _ = _check(dirs, capsys, "--only-quality")
-    assert code == 0 and not any(r["kind"] == "speed" for r in rows)
-    code, rows, _ = _check(dirs, capsys, "--only-speed")
-    assert code == 1 and not any(r["kind"] == "quality" for r in rows)
-
-
 def test_factor_options_and_baseline_factors_file(dirs, capsys):
     def degrade(strategy, seed, kw):
         if strategy == "dwa":
@@ -272,11 +241,11 @@ def test_markdown_and_csv_output(dirs, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| task_pair | strategy") and out[1].startswith("|---")
-    assert len(out) == 2 + 14
+    assert len(out) == 2 + 9
     assert main([*args, "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("task_pair,strategy,metric,n,baseline,new,ratio,p,mark,note")
-    assert len(lines) == 1 + 14
+    assert len(lines) == 1 + 9
 
 
 # -- bad input: one line, exit 2 -----------------------------------------------------------------
@@ -303,7 +272,7 @@ def test_bad_baselines_exit_2(dirs, capsys):
     path.write_text(json.dumps({**doc, "runs": doc["runs"][1:]}))
     _one_line_exit_2(args, capsys, "is corrupt: expected 15 runs, found 14")
     path.write_text(json.dumps({**doc, "version": 99}))
-    _one_line_exit_2(args, capsys, "has format version 99, this mtl-bench reads version 1")
+    _one_line_exit_2(args, capsys, "has format version 99, this mtl-bench reads versions 1, 2")
     broken = [dict(doc["runs"][0], test="oops"), *doc["runs"][1:]]
     path.write_text(json.dumps({**doc, "runs": broken}))
     _one_line_exit_2(args, capsys, "run 0 has no valid test")
@@ -340,7 +309,7 @@ def test_baseline_save_list_show(dirs, capsys):
     # two configs of one (pair, strategy, seed) make an ambiguous baseline
     RunStore(dirs[0]).write(_record("dwa", 0, 0.9, 250.0, 1000.0, epochs=11))
     _one_line_exit_2(["baseline", "save", "b2", "--runs-dir", str(dirs[0]),
-                      "--baselines-dir", str(dirs[2])], capsys, "differ in epochs 10->11")
+                      "--baselines-dir", str(dirs[2])], capsys, "(they differ in epochs ")
     doc = json.loads((dirs[2] / "base" / "baseline.json").read_text())
     run = doc["runs"][0]
     assert doc["version"] == check.BASELINE_VERSION and doc["n_runs"] == 15
@@ -351,6 +320,180 @@ def test_baseline_save_list_show(dirs, capsys):
     assert capsys.readouterr().out.startswith("base ")
     assert main(["baseline", "show", "base", "--baselines-dir", str(dirs[2])]) == 0
     assert "clsreg / dwa: seeds 0,1,2,3,4, 5/5 ok" in capsys.readouterr().out
+
+
+# -- an honest check: nothing compared is not a pass ---------------------------------------------
+def test_every_row_not_comparable_exits_2_with_the_reason(dirs, capsys):
+    def other_epochs(strategy, seed, kw):
+        kw["epochs"] = 11
+
+    _baseline_and_new(dirs, other_epochs)
+    args = ["check", "--baseline", "base", "--runs-dir", str(dirs[1]), "--baselines-dir",
+            str(dirs[2])]
+    _one_line_exit_2(args, capsys, "nothing compared")
+    _one_line_exit_2(args, capsys, "config differs: epochs 10->11")
+    _one_line_exit_2(args, capsys, "regenerate the baseline")
+
+
+def test_zero_rows_compared_exits_2(dirs, capsys):
+    def fail(strategy, seed, kw):
+        kw["status"] = "failed"
+
+    # every run failed on both sides: the seeds match, but no metric can be compared
+    _baseline_and_new(dirs, fail, fail)
+    args = ["check", "--baseline", "base", "--runs-dir", str(dirs[1]), "--baselines-dir",
+            str(dirs[2])]
+    _one_line_exit_2(args, capsys, "nothing compared")
+    _one_line_exit_2(args, capsys, "no seed finished in both")
+
+
+def test_quality_only_by_default_ignores_per_run_throughput(dirs, capsys):
+    def slower(strategy, seed, kw):
+        if strategy == "dwa":
+            kw["sps"] /= 3  # per-run timers of a loaded sweep: no evidence about speed
+
+    _baseline_and_new(dirs, slower)
+    code, rows, err = _check(dirs, capsys)
+    assert code == 0 and _marks(rows) == {}
+    assert not any(r["kind"] == "speed" for r in rows) and "ok, nothing worse" in err
+    code, rows, err = _check(dirs, capsys, "--only-quality")  # the deprecated alias still works
+    assert code == 0 and not any(r["kind"] == "speed" for r in rows) and "deprecated" in err
+
+
+# -- speed: only from the speed stage ------------------------------------------------------------
+REF_S = [1.00e-3, 1.30e-3, 0.90e-3, 1.10e-3, 1.05e-3]
+
+
+def _speed_entry(strategy, ratios, machine="m0", code=None):
+    from mtl_bench.speed import summarise
+
+    times = [r * t for r, t in zip(ratios, REF_S)]
+    return {"setting": "clsreg", "task_pair": "clsreg", "options": {}, "architecture": "shared",
+            "strategy": strategy, "code": code or f"{strategy}-v1", "reference_code": "fixed-v1",
+            "batch_size": 32, "samples_per_step": 32, "device": "cpu", "threads": 1,
+            "machine": machine, "torch": "t", "created": "2026-01-01T00:00:00Z", "rounds": 5,
+            "steps": 20, **summarise(times, REF_S, 32, strategy == "fixed")}
+
+
+def _plant_speed(runs_dir, gradnorm, machine="m0", code=None):
+    from mtl_bench.speed import write_speed
+
+    write_speed(runs_dir, [_speed_entry("fixed", [1.0] * 5, machine),
+                           _speed_entry("dwa", [0.9, 1.1, 1.0, 0.95, 1.05], machine),
+                           _speed_entry("gradnorm", gradnorm, machine, code)])
+
+
+def test_speed_needs_speed_measurements_on_both_sides(dirs, capsys):
+    _baseline_and_new(dirs)  # no speed.json anywhere
+    args = ["check", "--baseline", "base", "--runs-dir", str(dirs[1]), "--baselines-dir",
+            str(dirs[2]), "--speed"]
+    _one_line_exit_2(args, capsys, "mtl-bench speed --runs-dir")
+    _one_line_exit_2(args, capsys, "holds no speed measurements")
+    _plant_speed(dirs[0], [2.0] * 5)
+    _save(dirs, "with-speed")
+    _one_line_exit_2([*args[:2], "with-speed", *args[3:]], capsys,
+                     f"no speed measurements in '{dirs[1]}'")
+
+
+def test_speed_marks_need_the_factor_and_disjoint_intervals(dirs, capsys):
+    _write_set(dirs[0], 0)
+    _plant_speed(dirs[0], [1.9, 2.1, 2.0, 1.95, 2.05])
+    _save(dirs)
+    assert json.loads((dirs[2] / "base" / "baseline.json").read_text())["version"] == 2
+    _write_set(dirs[1], 1)
+    # inside the noise: 2.0 -> 2.1 is within 10%
+    _plant_speed(dirs[1], [2.0, 2.2, 2.1, 2.05, 2.15])
+    code, rows, err = _check(dirs, capsys, "--speed")
+    assert code == 0 and _marks(rows) == {}
+    assert {r["metric"] for r in rows if r["kind"] == "speed"} == {
+        "step_time_vs_fixed", "samples_per_s"}
+    ratio = next(r for r in rows if r["metric"] == "step_time_vs_fixed"
+                 and r["strategy"] == "gradnorm")
+    assert ratio["baseline"] == pytest.approx(2.0, rel=0.01) and ratio["n"] == 5
+    # beyond the factor with disjoint 95% intervals: worse, and the check fails
+    _plant_speed(dirs[1], [2.9, 3.1, 3.0, 2.95, 3.05])
+    code, rows, err = _check(dirs, capsys, "--speed")
+    assert code == 1 and _marks(rows) == {("gradnorm", "step_time_vs_fixed"): "+",
+                                          ("gradnorm", "samples_per_s"): "+"}
+    assert "worse: clsreg / gradnorm / step_time_vs_fixed" in err and "5 rounds" in err
+    # beyond the factor, but so noisy that the intervals overlap: not significant
+    _plant_speed(dirs[1], [1.5, 4.0, 2.0, 5.0, 2.5])
+    code, rows, _ = _check(dirs, capsys, "--speed")
+    assert code == 0 and _marks(rows)[("gradnorm", "step_time_vs_fixed")] == "~"
+    # another machine: the ratio still gates, absolute samples/s are shown, not gated
+    _plant_speed(dirs[1], [2.9, 3.1, 3.0, 2.95, 3.05], machine="other")
+    code, rows, _ = _check(dirs, capsys, "--speed")
+    assert code == 1 and _marks(rows) == {("gradnorm", "step_time_vs_fixed"): "+"}
+    assert all(r["note"] == "other machine: shown, not gated"
+               for r in rows if r["metric"] == "samples_per_s")
+    # changed strategy code: not comparable; --only-speed (deprecated) compares speed alone
+    _plant_speed(dirs[1], [2.9, 3.1, 3.0, 2.95, 3.05], code="gradnorm-v2")
+    code, rows, err = _check(dirs, capsys, "--only-speed")
+    assert code == 0 and not any(r["kind"] in ("quality", "status") for r in rows)
+    assert _marks(rows)[("gradnorm", "step_time_vs_fixed")] == "x"
+    # quality only, the default, never looks at speed
+    code, rows, _ = _check(dirs, capsys)
+    assert code == 0 and not any(r["kind"] == "speed" for r in rows)
+
+
+def test_version_1_baselines_are_still_read(dirs, capsys):
+    _baseline_and_new(dirs)
+    path = dirs[2] / "base" / "baseline.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "version": 1}))
+    code, rows, _ = _check(dirs, capsys)
+    assert code == 0 and rows
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink loop"])
+def test_a_baseline_file_that_is_a_folder_or_a_loop_is_one_line(kind, dirs, capsys):
+    _baseline_and_new(dirs)
+    _save(dirs, "good")
+    path = dirs[2] / "base" / "baseline.json"
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path)
+    common = ["--baselines-dir", str(dirs[2])]
+    _one_line_exit_2(["check", "--baseline", "base", "--runs-dir", str(dirs[1]), *common],
+                     capsys, "baseline 'base' is broken")
+    _one_line_exit_2(["baseline", "show", "base", *common], capsys, "is broken")
+    _one_line_exit_2(["check", "--baseline", "nope", "--runs-dir", str(dirs[1]), *common],
+                     capsys, "saved baselines: good")
+    capsys.readouterr()
+    # listing still works (exit 0) and names the broken one
+    assert main(["baseline", "list", *common]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert "Traceback" not in out.err
+    assert len(lines) == 2 and lines[0].startswith("base ") and "broken:" in lines[0]
+    assert lines[1].startswith("good ") and "15 runs" in lines[1]
+
+
+# -- the README's session, on a loaded machine ---------------------------------------------------
+@pytest.mark.slow
+def test_unchanged_code_passes_the_check_while_the_machine_is_busy(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    sweep = ["run", "--task", "clsreg", "--strategy", "fixed,dwa", "--seeds", "2", "--epochs",
+             "2", "--quiet"]
+    assert main([*sweep, "--runs-dir", str(tmp_path / "A")]) == 0
+    assert main(["baseline", "save", "b", "--runs-dir", str(tmp_path / "A"),
+                 "--baselines-dir", str(tmp_path / "baselines")]) == 0
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert main([*sweep, "--runs-dir", str(tmp_path / "B")]) == 0
+        capsys.readouterr()
+        code = main(["check", "--baseline", "b", "--baselines-dir", str(tmp_path / "baselines"),
+                     "--runs-dir", str(tmp_path / "B")])
+    finally:
+        burner.kill()
+        burner.wait()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "ok, nothing worse" in err
 
 
 # -- the statistics, by hand ---------------------------------------------------------------------
@@ -436,7 +579,7 @@ def test_broken_strategy_trained_for_real_fails_the_check(dirs, capsys):
     _train_into(base, "fixed")  # the untouched reference, trained in both sets
     _train_into(new, "fixed")
     _save(dirs)
-    code, rows, err = _check(dirs, capsys, "--only-quality")
+    code, rows, err = _check(dirs, capsys)
     assert code == 1
     marks = _marks(rows)
     assert marks[(PROBE, "body_mass.mae")] == "+" and marks[(PROBE, "body_mass.rmse")] == "+"

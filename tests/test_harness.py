@@ -1,6 +1,8 @@
 """The training loop, the registry and the three strategy families' code paths."""
 
 import json
+import os
+import stat
 
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ from torch import nn
 
 from mtl_bench import registry
 from mtl_bench.errors import UserError
-from mtl_bench.store import RunStore, load_curves, load_runs
+from mtl_bench.store import RunStore, atomic_write_text, load_curves, load_runs
 from mtl_bench.strategy import REGRESSION, Strategy, Update
 from mtl_bench.task import MultiTaskNet, Task
 from mtl_bench.train import RunConfig, build_strategy, train_run, train_step
@@ -141,6 +143,20 @@ def test_store_is_atomic_and_loads_with_pandas(tmp_path):
     assert {"run_id", "strategy", "seed", "epoch", "split", "task", "metric", "value"} <= set(
         curves.columns)
     assert len(load_runs(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_records_and_tables_get_the_mode_of_the_umask(tmp_path, umask, mode):
+    # the temporary file of an atomic write is private (0600); the final file must not be
+    old = os.umask(umask)
+    try:
+        record = RunStore(tmp_path).write({"task_pair": "clsreg", "run_id": "r1"})
+        table = tmp_path / "tables" / "summary.csv"
+        atomic_write_text(table, "a,b\n1,2\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(record.stat().st_mode) == mode
+    assert stat.S_IMODE(table.stat().st_mode) == mode
 
 
 def test_separate_architecture_has_no_shared_parameters():

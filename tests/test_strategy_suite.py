@@ -15,6 +15,8 @@ tasks (their infos, losses and gradients) then permutes its weights the same way
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 from collections.abc import Sequence
 
@@ -275,3 +277,49 @@ def test_builtin_strategies_are_documented(cls):
     if not cls.__module__.startswith("mtl_bench.strategies."):
         pytest.skip("documentation conventions apply to built-in strategies")
     check_documented(cls)
+
+
+# -- hyper-parameter domains -----------------------------------------------------------------
+#: (strategy, parameter) pairs where an infinite value is meaningful, with the reason; they are
+#: only checked with nan. None today: nash_mtl's ``max_norm`` switches clipping off with 0.
+INF_MEANINGFUL: dict[tuple[str, str], str] = {}
+
+
+def float_params(cls: type[Strategy]) -> list[str]:
+    """Constructor parameters that take one float: a float default, or annotated ``float``
+    (``float | None`` too, as an optional learning rate is)."""
+    out = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        annotation = str(p.annotation).replace(" | None", "").replace("Optional[", "")
+        if isinstance(p.default, float) or annotation.strip("]") in ("float", "'float'"):
+            out.append(p.name)
+    return out
+
+
+def check_rejects_non_finite(cls: type[Strategy], param: str, value: float) -> None:
+    """Constructing with a non-finite hyper-parameter raises a ValueError naming it."""
+    try:
+        cls(**{param: value})
+    except ValueError as exc:
+        assert f"`{param}`" in str(exc) or f"'{param}'" in str(exc), (
+            f"{cls.name}: the error for {param}={value} should name the parameter: {exc}")
+    else:
+        raise AssertionError(f"{cls.name}({param}={value}) was accepted")
+
+
+NON_FINITE = [(name, param, value) for name in NAMES
+              for param in float_params(registry.strategies.get(name))
+              for value in (math.inf, math.nan) if not (
+                  math.isinf(value) and (name, param) in INF_MEANINGFUL)]
+
+
+def test_every_strategy_has_float_parameters_to_check():
+    # guards the discovery above: a change in how parameters are annotated must not empty it
+    assert {("gradnorm", "alpha"), ("dwa", "temperature"), ("uncertainty", "lr")} <= {
+        (n, p) for n, p, _ in NON_FINITE}
+
+
+@pytest.mark.parametrize("name,param,value", NON_FINITE,
+                         ids=[f"{n}-{p}-{v}" for n, p, v in NON_FINITE])
+def test_non_finite_hyper_parameters_are_rejected(name, param, value):
+    check_rejects_non_finite(registry.strategies.get(name), param, value)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtl_bench.errors import OutputError
 from mtl_bench.stats import CI_METHODS
 
 HELP = "turn run records into tables (mean, CI, Delta_m, ranks, tests)"
@@ -43,7 +44,10 @@ def aggregate_to(runs_dir: str | Path, out: str | Path, ci: str, level: float, a
     from mtl_bench.display import write_tables
 
     tables = aggregate_dir(runs_dir, ci=ci, level=level, alpha=alpha)
-    write_tables(tables, out)
+    try:
+        write_tables(tables, out)
+    except OSError as exc:
+        raise OutputError("tables", out, exc) from None
     if not quiet:
         m = tables.meta
         print(f"aggregated {m['n_records']} run records ({m['n_ok']} ok, {m['n_failed']} failed)"

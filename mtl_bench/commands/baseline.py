@@ -2,7 +2,10 @@
 
 ``baseline save NAME --runs-dir DIR`` compacts the run records of DIR (keys, config, config
 hash, code hashes, machine fingerprint, status, test metrics at the selected epoch, throughput;
-no curves) into ``results/baselines/NAME/baseline.json``.
+no curves) into ``results/baselines/NAME/baseline.json``, together with the speed entries of
+DIR/speed.json when `mtl-bench speed` measured there (what `check --speed` compares).
+``baseline list`` marks a baseline that cannot be read as broken and still exits 0; ``check``
+and ``baseline show`` on a broken baseline exit 2.
 """
 
 from __future__ import annotations
@@ -48,10 +51,19 @@ def run(args: argparse.Namespace) -> int:
                             f"{path}: {reason}); rerun the sweep before saving a baseline")
         if not loaded.records:
             raise UserError(f"no run records in '{store.root}'; nothing to save")
-        doc = check.build_baseline(loaded.records, args.name, args.note, str(args.runs_dir))
+        from mtl_bench.speed import read_speed
+
+        measured = read_speed(args.runs_dir)
+        speed = measured["entries"] if measured else []
+        doc = check.build_baseline(loaded.records, args.name, args.note, str(args.runs_dir),
+                                   speed)
         path = check.save_baseline(root, args.name, doc, force=args.force)
         n_failed = sum(r["status"] != "ok" for r in doc["runs"])
-        print(f"saved baseline '{args.name}': {doc['n_runs']} runs ({n_failed} failed) in {path}")
+        print(f"saved baseline '{args.name}': {doc['n_runs']} runs ({n_failed} failed) and "
+              f"{len(speed)} speed entries in {path}")
+        if not speed:
+            print("note: no speed.json in the runs folder, so `check --speed` cannot use this "
+                  f"baseline; run `mtl-bench speed --runs-dir {args.runs_dir}` and save again")
         return 0
     if args.action == "list":
         items = check.list_baselines(root)
@@ -59,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"no baselines in {root}/")
         for b in items:
             if "error" in b:
-                print(f"{b['name']:<16} unreadable: {b['error']}")
+                print(f"{b['name']:<16} broken: {b['error']}")
             else:
-                print(f"{b['name']:<16} {b['runs']:>4} runs  {b['created']}  "
+                speed = f"{b['speed']} speed entries" if b["speed"] else "no speed"
+                print(f"{b['name']:<16} {b['runs']:>4} runs  {speed}  {b['created']}  "
                       f"{', '.join(b['pairs'])}  {b['note']}")
-        return 0
+        return 0  # listing works even when a baseline is broken; check/show on it exit 2
     if args.action == "show":
         return _show(check.load_baseline(root, args.name))
     raise UserError("baseline: choose an action: save, list or show")
@@ -92,4 +105,17 @@ def _show(doc: dict) -> int:
         speed = f"{statistics.median(sps):,.0f} samples/s" if sps else "-"
         print(f"  {pair} / {strategy}: seeds {','.join(str(r['seed']) for r in runs)}, "
               f"{len(ok)}/{len(runs)} ok; {'; '.join(metrics)}; {speed}")
+    entries = doc.get("speed") or []
+    if not entries:
+        print("speed: none saved (`check --speed` cannot use this baseline)")
+        return 0
+    from mtl_bench.speed import format_interval
+
+    print(f"speed ({len(entries)} entries; step time / fixed's in the same round, 95% interval):")
+    for e in entries:
+        ratio = format_interval(e.get("ratio"), e.get("ratio_low"), e.get("ratio_high"), ".2f")
+        sps = "-" if e.get("samples_per_s") is None else f"{e['samples_per_s']:,.0f}"
+        print(f"  {e['setting']} / {e['strategy']}: {ratio}, {e.get('verdict', '')}; "
+              f"{sps} samples/s on {e['device']}, {e['threads']} thread(s), "
+              f"{e['n_rounds']} rounds")
     return 0

@@ -1,11 +1,14 @@
 """``mtl-bench check``: compare a set of runs with a committed baseline.
 
-A row (task pair, strategy, metric) is marked ``+`` (worse) only when its change exceeds the
-factor AND is significant across seeds; ``-`` better, ``~`` beyond the factor but not
-significant, ``x`` not comparable (config, record schema or strategy code differs), ``!`` newly
-failing, ``*`` newly fixed. Exit 0 when nothing is worse, 1 when a row is ``+`` or ``!`` (or,
-with ``--fail-on-x``, too many rows are ``x``), 2 on bad input. The table goes to stdout, the
-verdict to stderr.
+Test-set quality is compared by default. A row (task pair, strategy, metric) is marked ``+``
+(worse) only when its change exceeds the factor AND is significant across seeds; ``-`` better,
+``~`` beyond the factor but not significant, ``x`` not comparable (config, record schema or
+strategy code differs), ``!`` newly failing, ``*`` newly fixed. ``--speed`` adds speed rows
+from the speed stage (``mtl-bench speed``): the runs folder's speed.json against the speed
+entries saved in the baseline; the step-time ratio to fixed weights is worse only beyond the
+factor with disjoint 95% intervals. Exit 0 when nothing is worse, 1 when a row is ``+`` or
+``!`` (or, with ``--fail-on-x``, too many rows are ``x``), 2 on bad input or when nothing could
+be compared. The table goes to stdout, the verdict to stderr.
 """
 
 from __future__ import annotations
@@ -47,8 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "check.toml next to the baseline, when present)")
     p.add_argument("--alpha", default=None, help="significance level (default 0.05)")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--only-speed", action="store_true", help="compare throughput only")
-    what.add_argument("--only-quality", action="store_true", help="compare test metrics only")
+    what.add_argument("--speed", action="store_true",
+                      help="also compare speed: the runs folder's speed.json (`mtl-bench speed`) "
+                           "against the baseline's speed entries")
+    # deprecated aliases, kept for scripts: quality only is the default now
+    what.add_argument("--only-quality", action="store_true", help=argparse.SUPPRESS)
+    what.add_argument("--only-speed", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--only-changed", action="store_true", help="show marked rows only")
     p.add_argument("--fail-on-x", type=_fraction, nargs="?", const=0.0, default=None,
                    metavar="FRACTION",
@@ -60,12 +67,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="table format on stdout (default md)")
 
 
+def _speed_entries(doc: dict, args: argparse.Namespace) -> tuple[list, list]:
+    from mtl_bench.speed import read_speed, speed_path
+
+    fresh = read_speed(args.runs_dir)
+    if not doc.get("speed"):
+        raise UserError(f"--speed: baseline '{args.baseline}' holds no speed measurements (it "
+                        "was saved from a runs folder without speed.json); run `mtl-bench speed "
+                        "--runs-dir DIR` on the runs folder DIR the baseline is made from, then "
+                        f"`mtl-bench baseline save {args.baseline} --runs-dir DIR --force`")
+    if not fresh or not fresh["entries"]:
+        raise UserError(f"--speed: no speed measurements in '{args.runs_dir}' (no "
+                        f"{speed_path(args.runs_dir)}); run `mtl-bench speed --runs-dir "
+                        f"{args.runs_dir}` first")
+    return doc["speed"], fresh["entries"]
+
+
 def run(args: argparse.Namespace) -> int:
     from mtl_bench import check
 
     root = args.baselines_dir or check.DEFAULT_BASELINES_DIR
     doc = check.load_baseline(root, args.baseline)
-    new_runs, corrupt = check.load_new_runs(args.runs_dir)
+    quality, speed = not args.only_speed, args.speed or args.only_speed
+    base_speed, new_speed = _speed_entries(doc, args) if speed else ([], [])
+    new_runs, corrupt = check.load_new_runs(args.runs_dir) if quality else ([], [])
 
     factors = check.Factors()
     alpha = check.DEFAULT_ALPHA
@@ -85,20 +110,36 @@ def run(args: argparse.Namespace) -> int:
     if args.alpha is not None:
         alpha = check.check_alpha(args.alpha)
 
-    options = check.Options(factors=factors, alpha=alpha, quality=not args.only_speed,
-                            speed=not args.only_quality, ignore_code_hash=args.ignore_code_hash)
-    rows = check.compare(doc["runs"], new_runs, options)
-    matched = [r for r in rows if r.kind == check.STATUS and r.n]
-    if not matched:
-        raise UserError(f"no run in '{args.runs_dir}' matches baseline '{args.baseline}' by "
-                        "(task pair, settings, strategy, seed); run the profile the baseline "
-                        f"was made from (baseline note: {doc.get('note') or 'none'})")
+    options = check.Options(factors=factors, alpha=alpha, quality=quality, speed=speed,
+                            ignore_code_hash=args.ignore_code_hash)
+    redo = (f"run the profile the baseline was made from (baseline note: "
+            f"{doc.get('note') or 'none'}), or if the change is intended regenerate the baseline "
+            f"(`mtl-bench baseline save {args.baseline} --runs-dir DIR --force`)")
+    rows = []
+    if quality:
+        rows = check.compare(doc["runs"], new_runs, options)
+        if not any(r.kind == check.STATUS and r.n for r in rows):
+            raise UserError(f"no run in '{args.runs_dir}' matches baseline '{args.baseline}' by "
+                            f"(task pair, settings, strategy, seed); {redo}")
+    if speed:
+        rows += check.compare_speed(base_speed, new_speed, options)
+    why = check.nothing_compared(rows)
+    if why is not None:
+        raise UserError(f"nothing compared between '{args.runs_dir}' and baseline "
+                        f"'{args.baseline}': {why}; {redo}")
     result = check.verdict(rows, args.fail_on_x)
     shown = [r for r in rows if r.mark] if args.only_changed else rows
 
     err = sys.stderr
+    if args.only_quality or args.only_speed:
+        flag = "--only-quality" if args.only_quality else "--only-speed"
+        print(f"note: {flag} is deprecated: quality is compared by default, --speed adds speed",
+              file=err)
+    what = f"{len(new_runs)} runs" if quality else ""
+    if speed:
+        what += f"{' and ' if what else ''}{len(new_speed)} speed entries"
     print(f"baseline '{args.baseline}' ({doc['n_runs']} runs, created {doc.get('created')}) "
-          f"vs {len(new_runs)} runs in '{args.runs_dir}'; factor {factors.default:.0%}"
+          f"vs {what} in '{args.runs_dir}'; factor {factors.default:.0%}"
           + (f" with {len(factors.patterns)} override(s)" if factors.patterns else "")
           + f", alpha {alpha:g}", file=err)
     for path, reason in corrupt:

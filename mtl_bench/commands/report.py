@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mtl_bench.commands.aggregate import add_ci_arguments, aggregate_to
-from mtl_bench.errors import UserError
+from mtl_bench.errors import OutputError, UserError
 
 HELP = "write the Markdown/HTML report and PNG/SVG plots from the tables"
 
@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: the tables in {tables_dir} were made with --ci {made.get('method')} "
                   f"--level {made.get('level')}; pass --runs-dir to aggregate again with "
                   f"--ci {args.ci} --level {args.level}", file=sys.stderr)
-    files = write_report(tables, out, args.metric)
+    try:
+        files = write_report(tables, out, args.metric)
+    except OSError as exc:
+        raise OutputError("the report", out, exc) from None
     if not args.quiet:
         print(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figure files in "
               f"{files.markdown.parent / 'figures'}/")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mtl_bench import registry
-from mtl_bench.errors import UserError
+from mtl_bench.errors import OutputError, UserError
+from mtl_bench.selection import SELECT_RULES
 
 HELP = "train task pairs under strategies and store run records"
 
@@ -17,15 +20,44 @@ HELP = "train task pairs under strategies and store run records"
 DEFAULTS: dict[str, Any] = {
     "tasks": ["clsreg"], "strategies": None, "seeds": "1", "epochs": None, "batch_size": None,
     "lr": None, "weight_decay": 0.0, "architecture": "shared", "sampling": "proportional",
-    "single_task": False, "diag_every": 0, "tune": None,
+    "single_task": False, "diag_every": 0, "tune": None, "select": "primary",
 }
-TUNABLE = ("lr",)
 #: sweep.PRELOAD, spelled out because importing mtl_bench.sweep imports torch (a test checks).
 WORKER_PRELOAD = ["mtl_bench.train", "mtl_bench.sweep"]
 
 
 def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:  # '' or ',' would otherwise run nothing, or (--strategy) every strategy
+        raise argparse.ArgumentTypeError(f"expects at least one name, got '{text}'")
+    return names
+
+
+def _device(text: str) -> str:
+    kind, colon, index = text.partition(":")
+    if text == "cpu" or (kind == "cuda" and (not colon or index.isascii() and index.isdigit())):
+        return text
+    raise argparse.ArgumentTypeError(f"expects cpu, cuda or cuda:N (N a GPU index), got '{text}'")
+
+
+def _setting(key: str):
+    """argparse type of a numeric run setting, with the range ``--config`` files get too."""
+    from mtl_bench.config_file import SETTING_RANGES
+
+    ok, requirement = SETTING_RANGES[key]
+    cast = float if key == "weight_decay" else int
+
+    def parse(text: str) -> int | float:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got '{text}'")
+        return value
+
+    parse.__name__ = key
+    return parse
 
 
 def _weights(text: str) -> list[float]:
@@ -61,12 +93,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", default=None, metavar="LR[,LR...]",
                    help="model learning rate; several values form a grid")
-    p.add_argument("--tune", default=None, choices=TUNABLE,
-                   help="tune the learning rate on validation: run every strategy over an lr "
-                        "grid (--lr, or 1/3, 1 and 3 times the default), pick per task pair "
-                        "and strategy the lr with the best mean validation score over seeds, "
-                        "write tuning.json beside the records")
-    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--tune", default=None, metavar="lr[,NAME.PARAM...]",
+                   help="grid fields to select on validation instead of reporting side by "
+                        "side: lr (grid from --lr, else 1/3, 1 and 3 times the default) and "
+                        "strategy hyper-parameters given a --set grid (gradnorm.alpha); per "
+                        "setting and strategy the point with the best mean validation score "
+                        "is reported (recorded in tuning.json; docs/sweeps.md)")
+    p.add_argument("--select", default=None, choices=SELECT_RULES,
+                   help="model selection rule, the same for every run: primary (default: mean "
+                        "over tasks of the fraction of the gap to the ideal primary metric "
+                        "closed on validation), loss (validation losses relative to epoch 0) "
+                        "or last (the last epoch); docs/report.md")
+    p.add_argument("--weight-decay", type=_setting("weight_decay"), default=None,
+                   help="L2 weight decay of the model optimiser (default 0)")
     p.add_argument("--weights", type=_weights, default=None,
                    help="weights for the fixed strategy, e.g. 1,0.5 (same as --set "
                         "fixed.weights=1/0.5)")
@@ -80,9 +119,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "equal or temperature")
     p.add_argument("--single-task", action="store_true", default=None,
                    help="also train each task alone (baselines for Delta_m)")
-    p.add_argument("--diag-every", type=int, default=None,
+    p.add_argument("--diag-every", type=_setting("diag_every"), default=None,
                    help="gradient diagnostics every k steps (0: once per epoch)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs in parallel: worker processes, or Dask workers of a local "
@@ -95,6 +134,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-run-seconds", type=float, default=None,
                    help="record a run as failed when it takes longer than this")
     p.add_argument("--runs-dir", default="runs", help="where run records go (default: runs/)")
+    p.add_argument("--keep-stale", action="store_true",
+                   help="keep stored runs trained with other strategy, task-pair or harness "
+                        "code instead of retraining them (they are left out of the table)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs stored as failed")
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
     p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
@@ -117,7 +159,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     out = dict(DEFAULTS)
     for layer in (profile, config, given):
         out.update({k: v for k, v in layer.items() if k in DEFAULTS and v is not None})
-    out["assignments"] = config.get("set", {})
+    # A file's [set.NAME] for a strategy or task pair that this sweep leaves out (a narrower
+    # --strategy/--task on the command line) is ignored; a --set for one is an error (expand).
+    chosen = set(out["tasks"]) | set(out["strategies"] or registry.strategies.names())
+    registered = {*registry.tasks.names(), *registry.strategies.names()}
+    out["assignments"] = {name: params for name, params in config.get("set", {}).items()
+                          if name in chosen or name not in registered}
     return out
 
 
@@ -129,11 +176,14 @@ def _merge_assignments(*layers: dict[str, dict[str, list[Any]]]) -> dict[str, di
     return out
 
 
-def _display(records: list[dict[str, Any]], with_lr: bool) -> list[dict[str, Any]]:
-    """Copies whose strategy label names the lr, so an lr grid shows one row per lr."""
-    if not with_lr:
-        return records
-    return [{**r, "strategy": f"{r['strategy']} lr={r['config']['lr']:g}"} for r in records]
+def _plan_counts(planned: list[Any]) -> str:
+    """``3 new, 2 stale, 4 done`` from the states of a plan."""
+    counts: dict[str, int] = {}
+    for p in planned:
+        counts[p.state] = counts.get(p.state, 0) + 1
+    order = ("new", "stale", "retry", "corrupt", "failed", "done")
+    return ", ".join(f"{counts[k]} {'failed, kept' if k == 'failed' else k}" for k in order
+                     if counts.get(k))
 
 
 def _start_worker_server(args: argparse.Namespace) -> None:
@@ -163,16 +213,14 @@ def run(args: argparse.Namespace) -> int:
         default_jobs,
         execute,
         expand,
-        needs_run,
         parse_assignments,
         parse_seeds,
         plan,
         plugin_sources,
-        tune,
         validate_all,
-        write_tuning,
     )
     from mtl_bench.train import RunConfig
+    from mtl_bench.tuning import LR, parse_tuned, read_spec, write_spec
 
     s = _settings(args)
     tasks = s["tasks"]
@@ -183,9 +231,21 @@ def run(args: argparse.Namespace) -> int:
         registry.strategies.get(name)
     assignments = _merge_assignments(s["assignments"], parse_assignments(args.assignments))
     if args.weights is not None:
+        if "fixed" not in strategies:
+            raise UserError("--weights sets the weights of strategy 'fixed', which is not in "
+                            f"this sweep (--strategy {','.join(strategies)})")
         assignments.setdefault("fixed", {})["weights"] = [args.weights]
-    if s["tune"] is not None and s["tune"] not in TUNABLE:
-        raise UserError(f"--tune: cannot tune '{s['tune']}'; choose from: {', '.join(TUNABLE)}")
+    tuned = parse_tuned(str(s["tune"]).split(",")) if s["tune"] is not None else []
+    for item in tuned:
+        if item == LR:
+            continue
+        name, param = item.split(".", 1)
+        if name not in strategies:
+            raise UserError(f"--tune {item}: strategy '{name}' is not in this sweep "
+                            f"(--strategy {','.join(strategies)})")
+        if len(assignments.get(name, {}).get(param, [])) < 2:
+            raise UserError(f"--tune {item} needs a grid to choose from, e.g. "
+                            f"--set {name}.{param}=V1,V2")
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be a positive integer, got {args.jobs}")
     if args.max_run_seconds is not None and not args.max_run_seconds > 0:
@@ -197,13 +257,13 @@ def run(args: argparse.Namespace) -> int:
 
     lrs: list[float] | None = s["lr"]
     lr_factors = None
-    if s["tune"] == "lr" and (lrs is None or len(lrs) == 1):
+    if LR in tuned and (lrs is None or len(lrs) == 1):
         lr_factors = TUNE_LR_FACTORS  # around the one lr given, else the pair's default
     base = RunConfig(epochs=s["epochs"], batch_size=s["batch_size"],
                      lr=lrs[0] if lrs and len(lrs) == 1 else None,
                      weight_decay=float(s["weight_decay"]), architecture=s["architecture"],
                      sampling=s["sampling"], device=args.device, threads=args.threads,
-                     diag_every=s["diag_every"])
+                     diag_every=s["diag_every"], select=s["select"])
     spec = SweepSpec(tasks, strategies, parse_seeds(s["seeds"]), assignments, base,
                      single_task=bool(s["single_task"]),
                      lrs=lrs if lrs and len(lrs) > 1 else None, lr_factors=lr_factors)
@@ -211,18 +271,17 @@ def run(args: argparse.Namespace) -> int:
     validate_all(configs)
     with_lr = spec.lrs is not None or spec.lr_factors is not None  # an lr grid: show the lr
     store = RunStore(args.runs_dir)
-    planned = plan(configs, store)
-    todo = [c for c, st in planned if needs_run(st, args.retry_failed)]
+    planned = plan(configs, store, args.retry_failed, args.keep_stale)
+    todo = [p.config for p in planned if p.todo]
+    counts = _plan_counts(planned)
 
     if args.dry_run:
-        for c, st in planned:
-            state = "done" if st == "ok" else (st or "to run")
-            if st == "failed" and args.retry_failed:
-                state = "failed, will rerun"
+        for p in planned:
+            c = p.config
             lr = f" lr {c.resolved().lr:<8g}" if with_lr else ""
-            print(f"{c.run_id}  {c.task:<22} {c.strategy_label:<28}{lr} seed {c.seed:<3} {state}")
-        print(f"{len(todo)} to run, {len(planned) - len(todo)} already done "
-              f"(records in {store.root}/)")
+            what = c.strategy_label + (f" [{c.single_task}]" if c.single_task else "")
+            print(f"{c.run_id}  {c.task:<22} {what:<28}{lr} seed {c.seed:<3} {p.describe()}")
+        print(f"{len(todo)} to run ({counts}); records in {store.root}/")
         return 0
 
     if todo and executor == "dask":
@@ -231,15 +290,34 @@ def run(args: argparse.Namespace) -> int:
         require_dask()
     if todo:
         check_writable(store)
-    for c, st in planned:
-        if st == "corrupt":
-            print(f"note: record {store.path_for(c.task, c.run_id)} is corrupt; rerunning it",
-                  file=sys.stderr)
+        if args.report is not None:
+            _check_report_folder(Path(args.report))
+    for p in planned:
+        if p.state == "corrupt":
+            print(f"note: record {store.path_for(p.config.task, p.config.run_id)} is corrupt; "
+                  "rerunning it", file=sys.stderr)
+    stale = [p for p in planned if p.state == "stale"]
+    if stale:
+        why = sorted({p.reason for p in stale})
+        print(f"note: {len(stale)} stored record(s) were trained with other code ("
+              f"{'; '.join(why)}): " + ("kept (--keep-stale); they are left out of the table "
+                                        "below" if args.keep_stale else
+                                        "retraining them (--keep-stale keeps them)"),
+              file=sys.stderr)
+    kept_failed = [p for p in planned if p.state == "failed" and not p.todo]
+    if kept_failed:
+        print(f"note: {len(kept_failed)} run(s) failed before for a reason that would repeat "
+              "(divergence or an error); kept as failed (--retry-failed reruns them)",
+              file=sys.stderr)
+    if tuned and todo:
+        check_writable(store)
+    if tuned:
+        write_spec(store.root, tuned)  # aggregate and report read the tuned fields from here
     if not args.quiet:
         where = (f"Dask scheduler {args.scheduler}" if args.scheduler else
                  f"a local Dask cluster of {jobs} worker(s)" if executor == "dask" else
                  f"{min(jobs, max(len(todo), 1))} process(es)")
-        print(f"{len(todo)} run(s) to do, {len(planned) - len(todo)} already done"
+        print(f"{len(todo)} run(s) to do ({counts})"
               + (f"; running on {where}" if todo else ""), file=sys.stderr)
     progress = Progress(len(todo), args.quiet, with_lr=with_lr)
     execute(todo, store, jobs=jobs, max_seconds=args.max_run_seconds, executor=executor,
@@ -253,43 +331,71 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"note: record of {c.task} {c.strategy_label} seed {c.seed} not readable: "
                   f"{exc}", file=sys.stderr)
-    shown = records
-    if s["tune"] is not None:
-        tuning = tune(records)
-        path = write_tuning(store, tuning)
-        chosen = set(tuning["chosen_run_ids"])
-        shown = [r for r in records if r["run_id"] in chosen]
-        print(f"learning rate chosen on validation (mean over {len(spec.seeds)} seed(s)); "
-              f"details in {path}")
-        for g in tuning["groups"]:
-            grid_text = ", ".join(
-                f"{c['lr']:g}: " + ("failed" if c["score"] is None else f"{c['score']:.4f}")
-                for c in g["candidates"])
-            name = g["strategy"] + (f"[{g['single_task']}]" if g["single_task"] else "")
-            chosen_lr = "none (every lr failed)" if g["chosen_lr"] is None else \
-                f"{g['chosen_lr']:g}"
-            edge = "  [edge of the grid]" if g["at_edge"] else ""
-            print(f"  {g['task_pair']:<22} {name:<28} lr {chosen_lr}   (score {grid_text})"
-                  + edge)
-        with_lr = False
-    print(terminal_table(_display(shown, with_lr)))
+    # the table never mixes code versions: records kept stale (--keep-stale) are not shown
+    kept_stale = {p.config.run_id for p in planned if p.state == "stale" and not p.todo}
+    shown = [r for r in records if r["run_id"] not in kept_stale]
+    if shown:
+        print(terminal_table(shown, list(dict.fromkeys([*read_spec(store.root), *tuned]))))
     n_failed = sum(r.get("status") != "ok" for r in records)
     print(f"\n{len(records)} run records in {store.root}/: {len(records) - n_failed} ok, "
           f"{n_failed} failed ({progress.failed} of {len(todo)} run(s) failed in this sweep)")
     if args.report is not None:
-        _report(store.root, Path(args.report), args.quiet)
+        _report(store.root, Path(args.report), args.quiet, records, args.device, args.threads)
     return 0
 
 
-def _report(runs_dir: Path, out: Path, quiet: bool) -> None:
-    """The aggregate and report stages over the whole runs folder; a problem there (e.g. records
-    that are not comparable) is reported but does not undo the finished sweep."""
+def _check_report_folder(out: Path) -> None:
+    """Fail before any training when ``--report`` names a folder that cannot be made (a file in
+    the way, no permission); nothing is created here. A disk that fills up later is reported
+    after the sweep, with the records kept."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+                raise OutputError("the report", out, PermissionError(
+                    errno.EACCES, os.strerror(errno.EACCES), str(folder)))
+            return
+
+
+#: Speed stage inside `run --report`: shorter than `mtl-bench speed`'s default, to stay quick.
+REPORT_SPEED_ROUNDS, REPORT_SPEED_STEPS = 5, 10
+
+
+def _report(runs_dir: Path, out: Path, quiet: bool, records: list[dict[str, Any]],
+            device: str, threads: int) -> None:
+    """The speed, aggregate and report stages over the whole runs folder; a problem there (e.g.
+    records that are not comparable) is reported but does not undo the finished sweep. Speed is
+    measured for the settings and strategies of this sweep's records, in interleaved rounds
+    (the per-run timers of a concurrent sweep are noise), and merged into speed.json."""
+    from dataclasses import fields
+
+    from mtl_bench import speed
     from mtl_bench.commands.aggregate import aggregate_to
     from mtl_bench.report import write_report
+    from mtl_bench.train import RunConfig
 
+    names = {f.name for f in fields(RunConfig)}
+    configs = [RunConfig(**{k: v for k, v in (r.get("config") or {}).items() if k in names})
+               for r in records if r.get("config")]
+    try:
+        entries, notes = speed.measure(configs, device, threads, REPORT_SPEED_ROUNDS,
+                                       REPORT_SPEED_STEPS)
+        if entries:
+            path, _ = speed.write_speed(runs_dir, entries)
+            print(f"speed: {len(entries)} strategy x setting entries measured "
+                  f"({REPORT_SPEED_ROUNDS} interleaved rounds x {REPORT_SPEED_STEPS} steps) "
+                  f"in {path}")
+        for note in notes if not quiet else []:
+            print(f"note: speed: {note}", file=sys.stderr)
+    except UserError as exc:
+        print(f"note: no speed measured: {exc}", file=sys.stderr)
     try:
         tables = aggregate_to(runs_dir, out / "tables", "t", 0.95, 0.05, quiet)
         files = write_report(tables, out)
+    except (OutputError, OSError) as exc:
+        # the records are safe; only the report is missing, and a script must notice that
+        error = exc if isinstance(exc, OutputError) else OutputError("the report", out, exc)
+        raise UserError(f"no report written: {error}; the run records are kept in "
+                        f"{runs_dir}/") from None
     except UserError as exc:
         print(f"note: no report written: {exc}", file=sys.stderr)
         return
