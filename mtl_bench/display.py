@@ -134,7 +134,8 @@ def fmt_ci(mean: float, low: float, high: float, method: str = "t") -> str:
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
         return fmt_number(mean)
     half = (high - low) / 2
-    if method == "t":
+    symmetric = abs((mean - low) - (high - mean)) <= 0.05 * max(high - low, 1e-300)
+    if method == "t" and symmetric:
         return f"{fmt_number(mean, half)} ± {fmt_number(half, half)}"
     return f"{fmt_number(mean, half)} [{fmt_number(low, half)}, {fmt_number(high, half)}]"
 
@@ -164,15 +165,41 @@ def _runs_text(n_runs: int, n_failed: int) -> str:
     return f"{ok}/{n_runs}" + (f" ({n_failed} failed)" if n_failed else "")
 
 
-def comparison_display(tables: Tables, label: str) -> Display:
-    """Strategies x test metrics (mean ± CI, n per cell), Δm% and mean rank for one setting."""
+def summary_columns(tables: Tables, label: str) -> list[tuple[str, str]]:
+    """The (task, metric) columns that drive Δm%, ranks and "best" in a setting."""
+    meta = tables.setting(label)
+    summ = tables["summary"]
+    if "in_summary" in summ:
+        here = summ[(summ[SETTING] == label) & summ["in_summary"].astype(bool)]
+        pairs = list(dict.fromkeys(zip(here[TASK], here[METRIC])))
+        if pairs:
+            return pairs
+    return [(t, m) for t, m in (meta.get("primary") or {}).items()]
+
+
+def _metrics_sentence(cols: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{t} {m}" for t, m in cols)
+
+
+def leaderboard_display(tables: Tables, label: str) -> Display:
+    """The headline: primary (summary) metrics, Δm% and mean rank only."""
+    d = comparison_display(tables, label, summary_columns(tables, label))
+    d.title = f"Leaderboard: {label}"
+    return d
+
+
+def comparison_display(tables: Tables, label: str,
+                       columns: Sequence[tuple[str, str]] | None = None) -> Display:
+    """Strategies x test metrics (mean and CI, n per cell), Δm% and mean rank for one setting;
+    ``columns`` limits the metric columns (default: every metric of every task)."""
     meta = tables.setting(label)
     method = tables.meta["ci"]["method"]
     summ = tables["summary"][tables["summary"][SETTING] == label]
     dm = tables["delta_m"][tables["delta_m"][SETTING] == label]
     rk = tables["ranks"][tables["ranks"][SETTING] == label]
     sig = tables["significance"][tables["significance"][SETTING] == label]
-    cols = [(t["name"], m) for t in meta["tasks"] for m in t["metrics"]]
+    cols = list(columns) if columns is not None else [
+        (t["name"], m) for t in meta["tasks"] for m in t["metrics"]]
     order = sorted(meta["strategies"], key=lambda lb: (
         ROLE_ORDER[meta["roles"][lb]], _rank_of(rk, lb), meta["front_weights"].get(lb, 0), lb))
     text_rows, bold_rows = [], []
@@ -224,19 +251,27 @@ def comparison_display(tables: Tables, label: str) -> Display:
             continue
         src = dm if col.startswith("Δ") else rk
         vcol = "mean" if col.startswith("Δ") else "mean_rank"
-        vals = [float(src.loc[src[STRATEGY] == lb, vcol].iloc[0])
-                if ok and (src[STRATEGY] == lb).any() else math.nan
-                for lb, ok in zip(order, ranked)]
-        if np.isfinite(vals).any():
-            best = np.nanmin(vals)
-            bold[col] = [bool(np.isfinite(v) and math.isclose(v, best)) for v in vals]
+
+        def pick(lb: str, ok: bool, field: str, src=src) -> float:
+            if not ok or not (src[STRATEGY] == lb).any() or field not in src:
+                return math.nan
+            return float(src.loc[src[STRATEGY] == lb, field].iloc[0])
+
+        vals = [pick(lb, ok, vcol) for lb, ok in zip(order, ranked)]
+        lows = [pick(lb, ok, "ci_low") for lb, ok in zip(order, ranked)]
+        highs = [pick(lb, ok, "ci_high") for lb, ok in zip(order, ranked)]
+        # ties are ties: bold only a unique best, clear of the runner-up's value
+        bold[col] = list(stats.unique_best(vals, lows, highs, False))
     level = int(round(tables.meta["ci"]["level"] * 100))
     interval = "t-interval" if method == "t" else "percentile bootstrap"
-    shape = "mean ± half-width of the" if method == "t" else "mean [bounds of the]"
-    note = (f"Test split at the epoch selected on validation; {shape} {level}% CI over seeds "
-            f"({interval}); best per column in bold among ranked strategies")
-    note += (f"; † differs from {meta['reference']} at p < {tables.meta['alpha']:g} (paired "
-             "over seeds)." if meta["reference"] else ".")
+    rule = (meta.get("fields") or {}).get("select", "?")
+    note = (f"Test split at the epoch selected on validation (rule '{rule}'); mean ± half-width "
+            f"of the {level}% CI over seeds ({interval}), or mean [low, high] where the interval "
+            "is asymmetric (bounded metrics: logit scale, so it stays inside [0, 1]); bold: a "
+            "single best among ranked strategies, clear of the runner-up (none on a tie); "
+            f"Δm% and mean rank use {_metrics_sentence(summary_columns(tables, label))}")
+    note += (f"; † differs from {meta['reference']} at Holm-adjusted p < "
+             f"{tables.meta['alpha']:g} (paired over seeds)." if meta["reference"] else ".")
     return Display(f"Test metrics: {label}", text, bold, note)
 
 
@@ -277,53 +312,123 @@ def significance_display(tables: Tables, label: str, include_front: bool = False
                 trow[key], brow[key] = "-", False
                 continue
             r = r.iloc[0]
-            trow[key] = f"{r['mean_diff']:+.3g}, p={fmt_p(r['p'])}"
+            holm = r["p_holm"] if "p_holm" in r and pd.notna(r["p_holm"]) else r["p"]
+            trow[key] = f"{r['mean_diff']:+.3g}, p={fmt_p(r['p'])}, Holm p={fmt_p(holm)}"
             brow[key] = bool(r["significant"])
         text_rows.append(trow)
         bold_rows.append(brow)
     ref = meta["reference"]
     alpha = tables.meta["alpha"]
-    note = (f"Difference to {ref} (strategy minus {ref}, paired by seed) and two-sided p; bold: "
-            f"p < {alpha:g}. {stats.WILCOXON} test with >= {stats.WILCOXON_MIN_N} pairs, else "
-            f"the {stats.SIGN_FLIP} test (with n pairs no p below 2/2^n is possible). "
-            "No correction for multiple comparisons.")
+    note = (f"Difference to {ref} (strategy minus {ref}, paired by seed), two-sided p and the "
+            f"Holm-adjusted p across the strategies compared with {ref} on that metric; bold: "
+            f"Holm p < {alpha:g}. {stats.WILCOXON} test with >= {stats.WILCOXON_MIN_N} pairs, "
+            f"else the {stats.SIGN_FLIP} test (with n pairs no p below 2/2^n is possible). "
+            f"Metrics: {_metrics_sentence(summary_columns(tables, label))} (the summary "
+            "metrics) and Δm%.")
     return Display(f"Paired tests against {ref}: {label}", pd.DataFrame(text_rows),
                    pd.DataFrame(bold_rows).astype(bool), note)
 
 
 def throughput_display(tables: Tables, label: str) -> Display | None:
+    """The sweep's own timers: wall time of runs that shared the machine. Shown, never ranked
+    (no bold, no "faster"): speed claims come from :func:`speed_display`."""
     tp = tables["throughput"][tables["throughput"][SETTING] == label]
     tp = tp[tp[ROLE].isin(RANKED_ROLES) & (tp["n"] > 0)]
     if tp.empty:  # no timed runs (all failed, or records without throughput)
         return None
-    method = tables.meta["ci"]["method"]
-    meta = tables.setting(label)
-    text_rows, bold_rows = [], []
+    text_rows = []
     for _, r in tp.iterrows():
         text_rows.append({
             "strategy": r[STRATEGY], "n": str(int(r["n"])),
-            "samples/s": fmt_ci(r["samples_per_s"], r["samples_per_s_low"],
-                                r["samples_per_s_high"], method),
+            "samples/s (geometric mean [95% CI])": fmt_ci(
+                r["samples_per_s"], r["samples_per_s_low"], r["samples_per_s_high"],
+                "bootstrap"),
             "forward ms": fmt_number(r["forward_ms"]), "strategy ms": fmt_number(r["strategy_ms"]),
             "backward ms": fmt_number(r["backward_ms"]),
             "optimizer ms": fmt_number(r["optimizer_ms"]), "step ms": fmt_number(r["step_ms"]),
-            f"step time / {meta['reference'] or 'reference'}":
-                f"{r['overhead']:.2f}×" if np.isfinite(r["overhead"]) else "-",
             "peak memory MB": fmt_number(r["peak_memory_mb"])})
-        bold_rows.append(dict.fromkeys(text_rows[-1], False))
     text = pd.DataFrame(text_rows)
-    bold = pd.DataFrame(bold_rows).astype(bool)
-    for col, src, better_high in (("samples/s", "samples_per_s", True),
-                                  ("step ms", "step_ms", False)):
-        vals = tp[src].to_numpy(dtype=float)
-        if np.isfinite(vals).any():
-            best = np.nanmax(vals) if better_high else np.nanmin(vals)
-            bold[col] = np.isclose(vals, best)
     devices = ", ".join(sorted({d for d in tp["device"] if isinstance(d, str) and d}))
-    note = (f"Mean over runs on {devices or 'unknown device'}; the step-time ratio compares with "
-            "the reference measured on the same machine, device and thread count. Peak memory "
-            "is the process's peak resident set on CPU, allocated device memory on CUDA.")
-    return Display(f"Throughput: {label}", text, bold, note)
+    note = (f"Wall time measured inside the sweep on {devices or 'unknown device'}, while other "
+            "runs shared the machine: descriptive only, not ranked and not a speed comparison "
+            "(`mtl-bench speed` measures that). Peak memory is the process's peak resident set "
+            "on CPU, allocated device memory on CUDA.")
+    return Display(f"Sweep timers: {label}", text,
+                   pd.DataFrame(False, index=text.index, columns=text.columns), note)
+
+
+def speed_display(tables: Tables, label: str) -> Display | None:
+    """Step time as a ratio to fixed weights from the speed stage (interleaved rounds in one
+    process), with its log-scale interval and the verdict that interval supports."""
+    sp = tables.frames.get("speed")
+    if sp is None or sp.empty or SETTING not in sp:
+        return None
+    sp = sp[sp[SETTING] == label]
+    if sp.empty:
+        return None
+    rows = []
+    for _, r in sp.iterrows():
+        where = f"{r.get('device', '')}, {r.get('threads', '')} thread(s)" \
+            if "device" in sp else ""
+        rows.append({"strategy": r[STRATEGY],
+                     "step ms": fmt_number(_num(r.get("step_ms"))),
+                     "samples/s [95% CI]": fmt_ci(_num(r.get("samples_per_s")),
+                                                  _num(r.get("samples_per_s_low")),
+                                                  _num(r.get("samples_per_s_high")), "bootstrap"),
+                     "step time / fixed [95% CI]": _ratio_text(r),
+                     "verdict": str(r.get("verdict") or "-"), "measured on": where})
+    text = pd.DataFrame(rows)
+    rounds = sp["n_rounds"].dropna() if "n_rounds" in sp else pd.Series(dtype=float)
+    n = f"{int(rounds.min())}" if len(rounds) else "several"
+    note = (f"From `mtl-bench speed`: each strategy's training step on this pair's model and "
+            f"batch, timed in {n} interleaved rounds in one process; the ratio is the geometric "
+            "mean of per-round ratios to fixed weights with a 95% interval on the log scale. "
+            "A strategy is called faster or slower only when that interval excludes 1.")
+    return Display(f"Speed (step time relative to fixed weights): {label}", text,
+                   pd.DataFrame(False, index=text.index, columns=text.columns), note)
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _ratio_text(r: pd.Series) -> str:
+    ratio, low, high = _num(r.get("ratio")), _num(r.get("ratio_low")), _num(r.get("ratio_high"))
+    if not np.isfinite(ratio):
+        return "-"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{ratio:.2f}×"
+    return f"{ratio:.2f}× [{low:.2f}, {high:.2f}]"
+
+
+def tuning_display(tables: Tables, label: str) -> Display | None:
+    """The grid of each tuned cell: validation score per point, the chosen one, edge flags."""
+    tu = tables.frames.get("tuning")
+    if tu is None or tu.empty:
+        return None
+    tu = tu[tu[SETTING] == label]
+    if tu.empty:
+        return None
+    rows = []
+    for (lb, single), g in tu.groupby([STRATEGY, tu["single_task"].fillna("")], sort=False):
+        chosen = g[g["chosen"].astype(bool)]
+        grid = "; ".join(f"{p}: " + ("failed seed(s)" if int(f) else fmt_number(v))
+                         for p, v, f in zip(g["point"], g["val_score"], g["n_failed"]))
+        edge = str(chosen["at_edge"].iloc[0]) if len(chosen) else ""
+        rows.append({"strategy": lb + (f" [{single}]" if single else ""),
+                     "chosen": str(chosen["point"].iloc[0]) if len(chosen) else "-",
+                     "validation score per grid point": grid,
+                     "at the edge of the grid": edge if edge and edge != "nan" else ""})
+    text = pd.DataFrame(rows)
+    note = ("Grid points selected on validation only: the mean over seeds of each run's "
+            "selection score (the rule that picked its epoch; higher is better); every other "
+            "table reports the chosen point. A choice at the edge of the grid may lie beyond "
+            "it: widen the grid.")
+    return Display(f"Tuning: {label}", text,
+                   pd.DataFrame(False, index=text.index, columns=text.columns), note)
 
 
 def cross_pair_display(tables: Tables) -> Display | None:
@@ -391,8 +496,12 @@ def markdown_table(display: Display) -> str:
 
 
 def setting_displays(tables: Tables, label: str) -> list[Display]:
-    out = [comparison_display(tables, label)]
-    for d in (significance_display(tables, label), throughput_display(tables, label)):
+    """Leaderboard first, then every metric, tuning, tests, speed, the sweep's timers."""
+    full = comparison_display(tables, label)
+    full.title = f"All test metrics: {label}"
+    out = [leaderboard_display(tables, label), full]
+    for d in (tuning_display(tables, label), significance_display(tables, label),
+              speed_display(tables, label), throughput_display(tables, label)):
         if d is not None:
             out.append(d)
     return out

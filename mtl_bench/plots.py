@@ -161,14 +161,23 @@ def _legend(fig: Figure, axes: Sequence, title: str | None = None) -> None:
     if handles:
         fig.legend(handles, labels, loc="outside right upper", title=title, fontsize="small",
                    frameon=False)
+        # the legend's column reaches the top of the figure: keep the title clear of it
+        longest = max(len(t) for t in [*labels, title or ""])
+        fig._mtl_right = max(getattr(fig, "_mtl_right", 0.0), 0.068 * longest + 0.7)
+        if fig._suptitle is not None and hasattr(fig._suptitle, "_mtl_text"):
+            _title(fig, fig._suptitle._mtl_text)
 
 
 def _title(fig: Figure, text: str) -> None:
-    """Figure title wrapped to the figure's width (setting labels with options get long)."""
-    # about 7 characters per inch keeps a centred title clear of the legend on the right
-    width = max(40, int(fig.get_figwidth() * 7))
-    lines = [w for line in text.split("\n") for w in textwrap.wrap(line, width)]
-    fig.suptitle("\n".join(lines))
+    """Figure title wrapped to, and centred over, the width the legend on the right leaves
+    (setting labels with options get long)."""
+    width_in = fig.get_figwidth()
+    free = max(width_in - getattr(fig, "_mtl_right", 0.0), width_in * 0.5)
+    # about 9 characters per inch at the title's size
+    chars = max(30, int(free * 9))
+    lines = [w for line in text.split("\n") for w in textwrap.wrap(line, chars)]
+    t = fig.suptitle("\n".join(lines), x=free / 2 / width_in)
+    t._mtl_text = text
 
 
 def direction_text(higher_is_better: bool | None) -> str:
@@ -463,13 +472,12 @@ def pareto(points: pd.DataFrame, setting: str, axes_labels: tuple[str, str],
     front, dominated = sweep[on].sort_values("a"), sweep[~on]
     if has_front:
         xs, ys = front_staircase(front[["a", "b"]].to_numpy(), *directions)
-        ax.plot(xs, ys, color=FRONT_COLOUR, linewidth=1.5, zorder=1,
-                label="fixed-weight front (non-dominated sweep points)")
+        ax.plot(xs, ys, color=FRONT_COLOUR, linewidth=1.5, zorder=1, label="fixed-weight front")
         ax.plot(front["a"], front["b"], color=FRONT_COLOUR, marker="x", markersize=7,
                 linestyle="none", zorder=2, label="_front points")
         if not dominated.empty:
             ax.plot(dominated["a"], dominated["b"], color=FRONT_COLOUR, alpha=0.35, marker="x",
-                    markersize=6, linestyle="none", label="fixed weights, dominated")
+                    markersize=6, linestyle="none", label="dominated fixed weights")
     shown = points[~points["on_front"] | (points["role"] == "reference")]
     # the reference last, as a ring: methods often sit on it and must stay visible
     shown = shown.assign(_last=shown["role"] == "reference").sort_values("_last", kind="stable")
@@ -489,7 +497,7 @@ def pareto(points: pd.DataFrame, setting: str, axes_labels: tuple[str, str],
              f"(better: {better[1]} and to the {better[0]})")
     if has_front:
         title += f"\nw_A: share of the total weight on {task_a}"
-        rows = [f"{'*' if m else ' '} w_A={w:.2f}: {fmt_value(a)}, {fmt_value(b)}"
+        rows = [f"{'*' if m else ' '} w_A={w:.2f}: {a:.4g}, {b:.4g}"
                 for w, a, b, m in zip(sweep["front_weight"], sweep["a"], sweep["b"], on)]
         handles = [Line2D([], [], linestyle="none") for _ in rows]
         fig.legend(handles, rows, loc="outside lower center", ncols=min(len(rows), 3),
@@ -504,11 +512,6 @@ def pareto(points: pd.DataFrame, setting: str, axes_labels: tuple[str, str],
                                 zip(front["a"], front["b"], front["front_weight"])],
                       list(zip(points["a"], points["b"])), FRONT_COLOUR)
     return fig
-
-
-def fmt_value(v: float) -> str:
-    """Three significant digits (the precision the tables show)."""
-    return "nan" if not np.isfinite(v) else f"{v:.3g}"
 
 
 def _err(mean: float, low: float, high: float) -> np.ndarray | None:

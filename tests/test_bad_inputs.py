@@ -13,6 +13,7 @@ import time
 import pytest
 
 from mtl_bench.cli import EXIT_INTERRUPT, EXIT_OK, EXIT_USER, main
+from mtl_bench.store import RunStore
 
 RUN = ["run", "--strategy", "fixed", "--epochs", "1", "--jobs", "1"]
 
@@ -142,3 +143,134 @@ def test_ctrl_c_stops_workers_exits_130_and_keeps_finished_runs(tmp_path, capsys
     assert main([*cmd[3:], "--dry-run"]) == EXIT_OK
     out = capsys.readouterr().out
     assert f"{12 - len(records)} to run, {len(records)} already done" in out
+
+
+# -- one line and exit 2 for every command: devices, output folders, files, ranges, names ------
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A runs folder with one finished run and its aggregated tables, for aggregate / report."""
+    root = tmp_path_factory.mktemp("finished")
+    assert main([*RUN, "--runs-dir", str(root / "runs"), "--quiet"]) == EXIT_OK
+    assert main(["aggregate", "--runs-dir", str(root / "runs"), "--out", str(root / "tables"),
+                 "--quiet"]) == EXIT_OK
+    return root
+
+
+def _a_file(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    return []
+
+
+def _not_utf8_config(tmp_path, monkeypatch):
+    path = tmp_path / "sweep.toml"
+    path.write_bytes(b"\xff\xfe\x00")
+    return ["--config", str(path)]
+
+
+R = [*RUN, "--runs-dir", "{tmp}/runs"]  # a run; nothing may be stored under {tmp}/runs
+AGGREGATE = ["aggregate", "--runs-dir", "{finished}/runs"]
+REPORT = ["report", "--runs-dir", "{finished}/runs"]
+NO_SPACE = "No space left on device"
+EXIT_2_CASES = [
+    # id, argv ({tmp}: this test's folder, {finished}: the shared finished runs), setup, message
+    ("device tpu", [*R, "--device", "tpu"], _plain, "--device: expects cpu, cuda or cuda:N"),
+    ("device mps", [*R, "--device", "mps"], _plain, "--device: expects cpu, cuda or cuda:N"),
+    ("device meta", [*R, "--device", "meta"], _plain, "--device: expects cpu, cuda or cuda:N"),
+    ("device empty", [*R, "--device", ""], _plain, "--device: expects cpu, cuda or cuda:N"),
+    ("aggregate out under a file", [*AGGREGATE, "--out", "{tmp}/a-file/sub"], _a_file,
+     "cannot write tables to '{tmp}/a-file/sub': '{tmp}/a-file' is a file, not a folder"),
+    ("aggregate out is a file", [*AGGREGATE, "--out", "{tmp}/a-file"], _a_file,
+     "cannot write tables to '{tmp}/a-file': '{tmp}/a-file' is a file, not a folder"),
+    ("aggregate disk full", [*AGGREGATE, "--out", "{tmp}/tables"], _disk_full,
+     f"cannot write tables to '{{tmp}}/tables': {NO_SPACE}"),
+    ("report out under a file", [*REPORT, "--out", "{tmp}/a-file/sub"], _a_file,
+     "'{tmp}/a-file' is a file, not a folder"),
+    ("report out is a file", [*REPORT, "--out", "{tmp}/a-file"], _a_file,
+     "'{tmp}/a-file' is a file, not a folder"),
+    ("report disk full", ["report", "--tables", "{finished}/tables", "--out", "{tmp}/rep"],
+     _disk_full, f"cannot write the report to '{{tmp}}/rep': {NO_SPACE}"),
+    ("run --report under a file", [*R, "--report", "{tmp}/a-file/rep"], _a_file,
+     "cannot write the report to '{tmp}/a-file/rep': '{tmp}/a-file' is a file, not a folder"),
+    ("config not UTF-8", R, _not_utf8_config, "is not UTF-8 text"),
+    ("seeds 1e11", [*R, "--seeds", "100000000000"], _plain, "at most 10000 seeds"),
+    ("seeds 1e7", [*R, "--seeds", str(10**7)], _plain, "at most 10000 seeds"),
+    ("seed above 2**32-1", [*R, "--seeds", f"0,{2**32}"], _plain, "at most 4294967295"),
+    ("TOML seeds 1e7", R, _toml(f"seeds = {10**7}\n"), "at most 10000 seeds"),
+    ("gradnorm alpha inf", [*R, "--strategy", "gradnorm", "--set", "gradnorm.alpha=inf"], _plain,
+     "Parameter `alpha` should be a non-negative float. Found `alpha = inf`."),
+    ("dwa temperature inf", [*R, "--strategy", "dwa", "--set", "dwa.temperature=inf"], _plain,
+     "Parameter `temperature` should be a positive float. Found `temperature = inf`."),
+    ("dwa temperature nan", [*R, "--strategy", "dwa", "--set", "dwa.temperature=nan"], _plain,
+     "Found `temperature = nan`."),
+    ("weight decay < 0", [*R, "--weight-decay", "-1"], _plain,
+     "--weight-decay: must be a non-negative finite number, got '-1'"),
+    ("weight decay nan", [*R, "--weight-decay", "nan"], _plain, "non-negative finite number"),
+    ("weight decay inf", [*R, "--weight-decay", "inf"], _plain, "non-negative finite number"),
+    ("TOML weight decay nan", R, _toml("weight_decay = nan\n"),
+     "'weight_decay' should be a non-negative finite number, got nan"),
+    ("diag-every < 0", [*R, "--diag-every", "-1"], _plain,
+     "--diag-every: must be a non-negative integer"),
+    ("TOML diag_every < 0", R, _toml("diag_every = -1\n"), "'diag_every' should be a non-negative"),
+    ("TOML batch_size = 0", R, _toml("batch_size = 0\n"), "'batch_size' should be a positive"),
+    ("threads < 0", [*R, "--threads", "-1"], _plain, "--threads must be a positive integer"),
+    ("batch size = 0", [*R, "--batch-size", "0"], _plain,
+     "--batch-size must be a positive integer"),
+    ("task empty", [*R, "--task", ""], _plain, "--task: expects at least one name"),
+    ("task comma", [*R, "--task", ","], _plain, "--task: expects at least one name"),
+    ("strategy empty", [*R, "--strategy", ""], _plain, "--strategy: expects at least one name"),
+    ("strategy blank list", [*R, "--strategy", " , "], _plain,
+     "--strategy: expects at least one name"),
+    ("--set for a strategy not swept", [*R, "--set", "gradnorm.alpha=0.5"], _plain,
+     "--set names strategy 'gradnorm', which is not in this sweep (--strategy fixed)"),
+    ("--set for a pair not swept", [*R, "--set", "age-gender.n_sex_genes=5"], _plain,
+     "--set names task pair 'age-gender', which is not in this sweep (--task clsreg)"),
+    ("--weights without fixed", [*R, "--strategy", "dwa", "--weights", "1,0.5"], _plain,
+     "--weights sets the weights of strategy 'fixed', which is not in this sweep"),
+]
+
+
+@pytest.mark.parametrize("argv,setup,message", [c[1:] for c in EXIT_2_CASES],
+                         ids=[c[0] for c in EXIT_2_CASES])
+def test_bad_input_is_one_error_line_and_exit_2(argv, setup, message, finished, tmp_path,
+                                                monkeypatch, capsys):
+    def fill(text):
+        return text.format(tmp=tmp_path, finished=finished)
+
+    extra = setup(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main([fill(a) for a in argv] + extra) == EXIT_USER
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert fill(message) in err
+    assert not list((tmp_path / "runs").glob("*/*.json"))  # no run was trained
+
+
+def test_config_set_for_a_strategy_left_out_is_ignored(tmp_path, capsys):
+    # a sweep file may hold options for strategies that a narrower --strategy leaves out
+    config = tmp_path / "sweep.toml"
+    config.write_text("[set.gradnorm]\nalpha = 0.5\n")
+    assert main([*RUN, "--runs-dir", str(tmp_path / "runs"), "--config", str(config),
+                 "--dry-run"]) == EXIT_OK
+    assert "1 to run" in capsys.readouterr().out
+
+
+def test_unwritable_report_after_the_sweep_keeps_the_records(tmp_path, monkeypatch, capsys):
+    def disk_full(tables, folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("mtl_bench.display.write_tables", disk_full)  # only the report's files
+    runs = tmp_path / "runs"
+    capsys.readouterr()
+    code = main([*RUN, "--seeds", "2", "--runs-dir", str(runs), "--quiet", "--report",
+                 str(tmp_path / "reports")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: no report written: cannot write tables to "
+                      f"'{tmp_path / 'reports' / 'tables'}': {NO_SPACE}; the run records are "
+                      f"kept in {runs}/"]
+    store = RunStore(runs)
+    records = [store.read(p) for p in runs.glob("*/*.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records)

@@ -18,8 +18,6 @@ from mtl_bench.sweep import (
     execute,
     expand,
     parse_lrs,
-    selection_score,
-    tune,
 )
 from mtl_bench.train import RunConfig, train_run
 
@@ -165,84 +163,6 @@ def test_worker_crash_and_hang_become_failed_records(tmp_path, misbehaving, monk
     assert "exceeded --max-run-seconds 1; worker killed" in records["test-hang"]["reason"]
     assert records["fixed"]["status"] == "ok"
     assert len(store.load().records) == 4
-
-
-# -- tuning ------------------------------------------------------------------------------------
-def _record(lr, seed, val0, val_sel, selected=2, status="ok", strategy="fixed"):
-    rows = []
-    for task, v0 in val0.items():
-        rows.append([0, "val", task, "loss", v0])
-        rows.append([1, "val", task, "loss", 99.0])  # another epoch, never read
-        rows.append([selected, "val", task, "loss", val_sel[task]])
-        rows.append([selected, "test", task, "loss", 0.0])
-    return {"run_id": f"{strategy}-{lr}-{seed}", "status": status, "seed": seed,
-            "task_pair": "clsreg", "strategy": strategy, "selected_epoch": selected,
-            "config": {"task": "clsreg", "strategy": strategy, "lr": lr, "seed": seed,
-                       "strategy_params": {}, "task_options": {}, "single_task": None},
-            "curves": {"columns": ["epoch", "split", "task", "metric", "value"], "rows": rows}}
-
-
-def test_selection_score_by_hand():
-    r = _record(1e-3, 0, {"a": 2.0, "b": 4.0}, {"a": 1.0, "b": 1.0})
-    assert selection_score(r) == pytest.approx((1 / 2 + 1 / 4) / 2)  # 0.375
-    assert selection_score({**r, "status": "failed"}) is None
-
-
-def test_selection_score_matches_the_epoch_train_run_selected():
-    rec = train_run(RunConfig(strategy="dwa", epochs=4, seed=1))
-    rows = rec["curves"]["rows"]
-    val = {(e, t): v for e, s, t, m, v in rows if s == "val" and m == "loss"}
-    tasks = [t["name"] for t in rec["tasks"]]
-    by_epoch = {e: sum(val[(e, t)] / val[(0, t)] for t in tasks) / len(tasks)
-                for e in range(1, 5)}
-    best = min(by_epoch, key=by_epoch.get)
-    assert rec["selected_epoch"] == best
-    assert selection_score(rec) == pytest.approx(by_epoch[best])
-
-
-def test_tune_picks_the_lowest_mean_score_per_group():
-    v0 = {"a": 1.0, "b": 1.0}
-    records = [
-        # lr 1e-3: scores 0.5, 0.7 -> mean 0.6; lr 3e-3: 0.4, 0.6 -> 0.5; lr 9e-3: 0.1 but a
-        # seed failed -> not eligible
-        _record(1e-3, 0, v0, {"a": 0.5, "b": 0.5}), _record(1e-3, 1, v0, {"a": 0.7, "b": 0.7}),
-        _record(3e-3, 0, v0, {"a": 0.4, "b": 0.4}), _record(3e-3, 1, v0, {"a": 0.6, "b": 0.6}),
-        _record(9e-3, 0, v0, {"a": 0.1, "b": 0.1}),
-        _record(9e-3, 1, v0, {"a": 0.1, "b": 0.1}, status="failed"),
-        # another strategy: ties at 0.3 -> the smaller lr
-        _record(1e-3, 0, v0, {"a": 0.3, "b": 0.3}, strategy="dwa"),
-        _record(3e-3, 0, v0, {"a": 0.2, "b": 0.4}, strategy="dwa"),
-    ]
-    out = tune(records)
-    groups = {g["strategy"]: g for g in out["groups"]}
-    assert groups["fixed"]["chosen_lr"] == 3e-3
-    assert groups["fixed"]["chosen_run_ids"] == ["fixed-0.003-0", "fixed-0.003-1"]
-    scores = {c["lr"]: c["score"] for c in groups["fixed"]["candidates"]}
-    assert scores[1e-3] == pytest.approx(0.6) and scores[3e-3] == pytest.approx(0.5)
-    assert scores[9e-3] is None
-    assert groups["dwa"]["chosen_lr"] == 1e-3
-    assert groups["fixed"]["at_edge"] is False and groups["dwa"]["at_edge"] is True
-    assert set(out["chosen_run_ids"]) == {"fixed-0.003-0", "fixed-0.003-1", "dwa-0.001-0"}
-
-
-def test_tune_lr_end_to_end_writes_tuning_json(tmp_path, capsys):
-    runs = tmp_path / "runs"
-    code = main(["run", "--strategy", "fixed,dwa", "--epochs", "2", "--tune", "lr",
-                 "--lr", "1e-3,1e-2", "--jobs", "1", "--quiet", "--runs-dir", str(runs)])
-    out = capsys.readouterr().out
-    assert code == 0
-    tuning = json.loads((runs / "tuning.json").read_text())
-    assert {g["strategy"] for g in tuning["groups"]} == {"fixed", "dwa"}
-    records = {r["run_id"]: r for r in RunStore(runs).load().records}
-    assert len(records) == 4
-    for g in tuning["groups"]:
-        assert [c["lr"] for c in g["candidates"]] == [1e-3, 1e-2]
-        best = min(g["candidates"], key=lambda c: c["score"])
-        assert g["chosen_lr"] == best["lr"]
-        for c in g["candidates"]:  # the score is recomputable from the stored records
-            assert c["score"] == pytest.approx(selection_score(records[c["run_ids"][0]]))
-        assert f"lr {g['chosen_lr']:g}" in out
-    assert set(tuning["chosen_run_ids"]) <= set(records)
 
 
 # -- progress ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mtl_bench.commands.aggregate import add_ci_arguments, aggregate_to
-from mtl_bench.errors import OutputError, UserError
+from mtl_bench.errors import OutputError
 
 HELP = "write the Markdown/HTML report and PNG/SVG plots from the tables"
 
@@ -28,8 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", action="append", default=[], metavar="NAME",
                    help="metric to plot for the tasks that have it (curves, Pareto); "
                         "repeatable; default: each task's first metric")
+    p.add_argument("--pareto", action="append", default=[], metavar="TASK_A,TASK_B",
+                   help="task pair whose trade-off is plotted (in every setting that has both); "
+                        "repeatable; default: the first task against each of the next three")
     add_ci_arguments(p)
-    p.add_argument("--open", action="store_true", help="open report.html in a web browser")
+    p.add_argument("--open", action="store_true",
+                   help="open report.html in a web browser (without one, print its path)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                   f"--level {made.get('level')}; pass --runs-dir to aggregate again with "
                   f"--ci {args.ci} --level {args.level}", file=sys.stderr)
     try:
-        files = write_report(tables, out, args.metric)
+        files = write_report(tables, out, args.metric, args.pareto)
     except OSError as exc:
         raise OutputError("the report", out, exc) from None
     if not args.quiet:
@@ -59,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if args.open:
         import webbrowser
 
-        if not webbrowser.open(files.html.resolve().as_uri()):
-            raise UserError(f"could not open a web browser; open {files.html} by hand")
+        url = files.html.resolve().as_uri()
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+        if not opened:  # the report is written: a missing browser is no failure
+            print(f"no web browser to open; the report is {files.html.resolve()} ({url})")
     return 0
