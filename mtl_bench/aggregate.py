@@ -506,13 +506,13 @@ def aggregate_records(records: Sequence[dict[str, Any]],
               "significance": significance, "throughput": throughput, "curves": curves,
               "weights": weights, "diagnostics": diagnostics, "details": details,
               "cross_pair": cross, "delta_m_terms": dm_terms, "tuning": _tuning_table(settings),
-              "speed": speed if speed is not None else pd.DataFrame(columns=SPEED_COLUMNS)}
+              "speed": _speed_table(settings, speed)}
     return Tables(meta, frames)
 
 
 def aggregate_dir(runs_dir: str | Path, ci: str = "t", level: float = 0.95,
                   alpha: float = 0.05, metrics: Sequence[str] = (),
-                  tuned: Sequence[str] = ()) -> Tables:
+                  tuned: Sequence[str] = (), setting: str | None = None) -> Tables:
     """Load every record under ``runs_dir`` (the store's layout), the tuned fields recorded by
     ``run --tune`` (plus ``tuned``) and the speed stage's measurements, and aggregate them."""
     from mtl_bench.speed import load_speed
@@ -529,10 +529,65 @@ def aggregate_dir(runs_dir: str | Path, ci: str = "t", level: float = 0.95,
             f" ({len(loaded.corrupt)} corrupt file(s), e.g. {loaded.corrupt[0][0]}: "
             f"{loaded.corrupt[0][1]})" if loaded.corrupt else "; run `mtl-bench run` first"))
     tuned = list(dict.fromkeys([*read_spec(root), *tuned]))
-    tables = aggregate_records(loaded.records, loaded.corrupt, ci, level, alpha, tuned,
+    records = loaded.records
+    if setting is not None:
+        records = _one_setting(records, tuned, setting, RunStore(root))
+    tables = aggregate_records(records, loaded.corrupt, ci, level, alpha, tuned,
                                metrics, load_speed(root))
     tables.meta["runs_dir"] = str(root)
     return tables
+
+
+def _one_setting(records: list[dict[str, Any]], tuned: Sequence[str], wanted: str,
+                 store: Any) -> list[dict[str, Any]]:
+    """The records of the one setting ``wanted`` names (its label, or a task pair with a single
+    setting); a name that fits several settings stops with the settings and their files."""
+    settings = group_settings(records, tuned)
+    exact = [s for s in settings if s.label == wanted]
+    found = exact or [s for s in settings if s.task_pair == wanted]
+    if len(found) == 1:
+        return found[0].all_records
+    if not found:
+        raise UserError(f"--setting '{wanted}' names no setting here; settings: "
+                        + "; ".join(s.label for s in settings))
+
+    def files(s: Setting) -> str:
+        paths = [str(store.path_for(r["task_pair"], r[RUN_ID])) for r in s.all_records]
+        return f"'{s.label}' ({len(paths)} records: {', '.join(paths[:3])}" + (
+            ", ...)" if len(paths) > 3 else ")")
+
+    raise UserError(f"--setting '{wanted}' is ambiguous: it fits {len(found)} settings: "
+                    + "; ".join(files(s) for s in found) + "; name one by its label")
+
+
+def _speed_table(settings: list[Setting], speed: pd.DataFrame | None) -> pd.DataFrame:
+    """The speed stage's entries under the label of each setting they measured: speed depends
+    on the pair, its options, the architecture and the batch size, not on epochs or the code
+    of other settings, so one measurement serves every setting that shares those."""
+    if speed is None or speed.empty:
+        return pd.DataFrame(columns=SPEED_COLUMNS)
+
+    def key(options: Any) -> str:
+        if isinstance(options, str):
+            try:
+                options = json.loads(options)
+            except ValueError:
+                return options
+        return json.dumps(options or {}, sort_keys=True, default=str)
+
+    frames = []
+    for s in settings:
+        mine = speed[(speed[TASK_PAIR] == s.task_pair)
+                     & (speed["options"].map(key) == key(s.options))
+                     & (speed[ARCHITECTURE] == s.architecture)]
+        batch = s.fields.get("batch_size")
+        if batch is not None and "batch_size" in mine:
+            mine = mine[pd.to_numeric(mine["batch_size"], errors="coerce") == batch]
+        if not mine.empty:
+            frames.append(mine.assign(**{SETTING: s.label}))
+    if not frames:
+        return pd.DataFrame(columns=SPEED_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _tuning_table(settings: list[Setting]) -> pd.DataFrame:

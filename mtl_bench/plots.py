@@ -95,10 +95,11 @@ def grid_shape(n: int, columns: int = PANEL_COLUMNS) -> tuple[int, int]:
     return max(1, math.ceil(n / cols)), cols
 
 
-def _panels(fig: Figure, n: int, sharey: bool = False, sharex: bool = False) -> list:
-    """``n`` axes in rows of :data:`PANEL_COLUMNS`; the unused cells of the last row removed."""
+def _panels(fig: Figure, n: int, sharey: bool = False) -> list:
+    """``n`` axes in rows of :data:`PANEL_COLUMNS`; the unused cells of the last row removed
+    (x is never shared: the panels above those cells would lose their tick labels)."""
     rows, cols = grid_shape(n)
-    grid = fig.subplots(rows, cols, squeeze=False, sharey=sharey, sharex=sharex)
+    grid = fig.subplots(rows, cols, squeeze=False, sharey=sharey)
     axes = list(grid.flat)
     for ax in axes[n:]:
         fig.delaxes(ax)
@@ -123,12 +124,26 @@ def wants_log(values: Iterable[float] | np.ndarray | pd.Series) -> bool:
     return bool(v.max() / v.min() > 10)
 
 
-def _scale_y(ax, values: Iterable[float] | np.ndarray | pd.Series, label: str) -> None:
-    """Log y when :func:`wants_log` says so, and say it in the axis label."""
-    if wants_log(values):
-        ax.set_yscale("log", nonpositive="clip")
+def _scale_y(axes, values: Iterable[float] | np.ndarray | pd.Series, label: str) -> bool:
+    """Log y on ``axes`` (one, or panels sharing y) when :func:`wants_log` says so of the
+    plotted ``values``, and say it in the axis label. The lower limit then follows the curves,
+    not the CI bands that reach zero or below (those run off the bottom of the panel).
+    Returns whether the axis is logarithmic."""
+    axes = list(axes) if isinstance(axes, list | tuple) else [axes]
+    v = np.asarray(list(values), dtype=float)
+    log = wants_log(v)
+    if log:
+        bottom = float(np.nanmin(v[v > 0])) / 1.5
+        for ax in axes:
+            for band in ax.collections:  # a band's edge at <= 0 would tear the band apart
+                for path in band.get_paths():
+                    path.vertices[:, 1] = np.maximum(path.vertices[:, 1], bottom / 10)
+            ax.set_yscale("log", nonpositive="clip")
+            ax.set_ylim(bottom=bottom)
         label += " (log scale)" if label else ""
-    ax.set_ylabel(label)
+    if label:
+        axes[0].set_ylabel(label)
+    return log
 
 
 def _mark_selected(ax, df: pd.DataFrame, x: str, epochs: Sequence[float] | None,
@@ -187,9 +202,9 @@ def direction_text(higher_is_better: bool | None) -> str:
 
 
 def metric_label(task: str, metric: str, higher_is_better: bool | None, unit: str = "") -> str:
-    """``body_mass mae (target units; lower is better)``."""
+    """``body_mass mae (target units; lower is better)``; without a task, ``mae (...)``."""
     bits = [b for b in (unit, direction_text(higher_is_better)) if b]
-    return f"{task} {metric}" + (f" ({'; '.join(bits)})" if bits else "")
+    return f"{task} {metric}".strip() + (f" ({'; '.join(bits)})" if bits else "")
 
 
 def metric_unit(metric: str) -> str:
@@ -271,7 +286,7 @@ def metric_grid(curves: pd.DataFrame, setting: str,
     ``(task, metric, higher_is_better)`` per epoch, mean and CI band per strategy.
     ``selected``: per (label, task), the epochs the seeds selected on validation."""
     fig = _grid_figure(len(tasks), 4.2, 3.4)
-    axes = _panels(fig, len(tasks), sharex=True)
+    axes = _panels(fig, len(tasks))
     for ax, (task, metric, hib) in zip(axes, tasks):
         here = curves[(curves["task"] == task) & (curves["split"] == "val")
                       & (curves["metric"] == metric)]
@@ -287,7 +302,8 @@ def metric_grid(curves: pd.DataFrame, setting: str,
             colour = SINGLE_COLOUR if single else (style.color if style else FRONT_COLOUR)
             _mark_selected(ax, df, "epoch", (selected or {}).get((lb, task)), colour)
             drawn += df["mean"].tolist()
-        _scale_y(ax, drawn, metric_label(task, metric, hib, metric_unit(metric)))
+        # the panel's title names the task
+        _scale_y(ax, drawn, metric_label("", metric, hib, metric_unit(metric)))
         ax.set_title(f"{task}: validation {metric}", fontsize="medium")
         ax.set_xlabel("epoch (0 = before training)")
         ax.grid(alpha=0.3)
@@ -313,7 +329,7 @@ def normalised_losses(curves: pd.DataFrame, setting: str, tasks: Sequence[str],
     loss = loss[loss["split"] == split]
     present = [lb for lb in strategies if (loss["strategy"] == lb).any()]
     fig = _grid_figure(max(len(present), 1), 4.2, 3.4)
-    axes = _panels(fig, max(len(present), 1), sharey=True, sharex=True)
+    axes = _panels(fig, max(len(present), 1), sharey=True)
     colours = _task_colours(len(tasks))
     drawn: list[float] = []
     for ax, lb in zip(axes, present):
@@ -337,8 +353,9 @@ def normalised_losses(curves: pd.DataFrame, setting: str, tasks: Sequence[str],
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     what = "validation loss / loss before training" if split == "val" else \
         "train loss / first-epoch train loss"
-    for j, ax in enumerate(axes):
-        _scale_y(ax, drawn, what if j % PANEL_COLUMNS == 0 else "")
+    if _scale_y(axes, drawn, ""):
+        what += " (log scale)"
+    fig.supylabel(what, fontsize="medium")
     _title(fig, f"{setting}: {what} for every task (mean over seeds; one panel per strategy)")
     _legend(fig, axes, "task")
     return fig
@@ -357,7 +374,7 @@ def weight_trajectories(weights: pd.DataFrame, setting: str, tasks: Sequence[str
     """One panel per task (rows of :data:`PANEL_COLUMNS`): the weight each strategy gave it
     per epoch (mean of the per-step weights), mean and CI band over seeds."""
     fig = _grid_figure(len(tasks), 4.2, 3.6)
-    axes = _panels(fig, len(tasks), sharey=True, sharex=True)
+    axes = _panels(fig, len(tasks), sharey=True)
     drawn: list[float] = []
     for ax, task in zip(axes, tasks):
         for lb in strategies:
@@ -369,9 +386,12 @@ def weight_trajectories(weights: pd.DataFrame, setting: str, tasks: Sequence[str
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for j, ax in enumerate(axes):
-        _scale_y(ax, drawn, "task weight (mean over the epoch's steps)"
-                 if j % PANEL_COLUMNS == 0 else "")
+    what = "task weight (mean over the epoch's steps)"
+    if len(axes) == 1:
+        _scale_y(axes[0], drawn, what)
+    else:  # one label for the grid: repeated per row it would not fit
+        fig.supylabel(what + (" (log scale)" if _scale_y(axes, drawn, "") else ""),
+                      fontsize="medium")
     _title(fig, f"{setting}: task-weight trajectories (mean and {level:.0%} CI over seeds)")
     _legend(fig, axes, "strategy")
     return fig
@@ -615,7 +635,10 @@ def gradient_cosine_heatmap(diag: pd.DataFrame, setting: str, tasks: Sequence[st
     image = None
     for ax, lb in zip(axes, present):
         mat = cosine_matrix(diag, tasks, lb)
-        image = ax.imshow(mat, cmap="PuOr_r", vmin=-1, vmax=1)
+        shown = mat.copy()
+        np.fill_diagonal(shown, np.nan)  # cos(g, g) = 1 says nothing and would own the scale
+        cmap = matplotlib.colormaps["PuOr_r"].with_extremes(bad="#E6E6E6")
+        image = ax.imshow(shown, cmap=cmap, vmin=-1, vmax=1)
         if n <= 12:
             for i in range(n):
                 for j in range(n):
@@ -680,8 +703,9 @@ def calibration(panels: Sequence[tuple[str, pd.DataFrame, str]], task: str,
                     ax.text(j, i, f"{norm[i, j]:.2f}" if np.isfinite(norm[i, j]) else "-",
                             ha="center", va="center", fontsize=7,
                             color="white" if np.nan_to_num(norm[i, j]) < 0.6 else "black")
-        ax.set_xticks(range(size))
-        ax.set_yticks(range(size))
+        ticks = range(0, size, max(1, math.ceil(size / 12)))  # readable with many classes
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
         ax.set_xlabel("predicted class (index)")
         ax.set_ylabel("true class (index)")
         ax.set_title(f"{name}: confusion of {confusion_of} (row share)")

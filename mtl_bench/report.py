@@ -479,6 +479,7 @@ nav.toc { background: #f7f7f7; border: 1px solid #ddd; padding: 0.4rem 1rem; mar
 nav.toc h2 { border: none; margin: 0.3rem 0; font-size: 1.1rem; }
 nav.toc ul { margin: 0.2rem 0; padding-left: 1.2rem; }
 nav.toc > ul { columns: 2 22rem; }
+nav.toc > ul > li { break-inside: avoid; }
 nav.toc li li { font-size: 0.9rem; }
 """
 

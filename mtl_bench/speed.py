@@ -3,7 +3,7 @@
 Per setting (task pair, task options, architecture) every strategy gets the pair's real model
 and the same real training batch (the first batch of an epoch). Strategies are timed in
 interleaved rounds in one process: each round times every strategy for ``steps`` steps (the
-order rotates from round to round), so a burst of machine load hits all of them alike. Per
+order is shuffled from round to round), so a burst of machine load hits all of them alike. Per
 round, each strategy's step time is divided by the step time of the reference (fixed weights)
 in the same round; the ratio reported is the geometric mean of these paired ratios with a 95%
 t-interval computed on the log scale (always positive). A strategy is called ``faster`` or
@@ -16,15 +16,17 @@ the same (setting, strategy, device, threads) and keeps the others.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mtl_bench.errors import UserError
 from mtl_bench.stats import t_interval
@@ -91,6 +93,18 @@ def summarise(step_s: Sequence[float], reference_s: Sequence[float], samples: in
 
 
 # -- measuring -----------------------------------------------------------------------------------
+class _Setup(NamedTuple):
+    """One strategy ready to step on a setting's model and fixed batch."""
+
+    model: Any
+    tasks: list
+    strategy: Any
+    inputs: tuple
+    targets: tuple
+    samples: int
+    optimizer: Any
+
+
 def _settings(configs: Sequence[Any]) -> dict[tuple[str, str, str], list[Any]]:
     """Resolved configs grouped by (task, options, architecture), one per strategy label, the
     reference first (added when missing). Single-task runs are left out."""
@@ -154,25 +168,26 @@ def measure(configs: Sequence[Any], device: str = "cpu", threads: int = 1,
                 continue
             times, failed = _rounds(setups, rounds, steps, device)
             notes += [f"{label}: {n}" for n in failed]
-            ref_code = source_hash(type(setups[0][1][2]))
+            ref_code = source_hash(type(setups[0][1].strategy))
             for name, setup in setups:
                 if name not in times:
                     continue
                 entries.append({
                     "setting": label, "task_pair": ref.task, "options": ref.task_options,
                     "architecture": ref.architecture, "strategy": name,
-                    "code": source_hash(type(setup[2])), "reference_code": ref_code,
-                    "batch_size": ref.batch_size, "samples_per_step": setup[5], **common,
-                    **summarise(times[name], times[REFERENCE], setup[5], name == REFERENCE)})
+                    "code": source_hash(type(setup.strategy)), "reference_code": ref_code,
+                    "batch_size": ref.batch_size, "samples_per_step": setup.samples, **common,
+                    **summarise(times[name], times[REFERENCE], setup.samples,
+                                name == REFERENCE)})
     finally:
         torch.set_num_threads(previous)
     return entries, notes
 
 
 def _prepare(group: Sequence[Any], device: str, seed: int, warmup: int
-             ) -> tuple[list[tuple[str, tuple]], list[tuple[str, str]]]:
-    """(label, (model, tasks, strategy, inputs, targets, samples, optimiser)) per strategy that
-    can run on this setting, warmed up; (label, reason) for the others."""
+             ) -> tuple[list[tuple[str, _Setup]], list[tuple[str, str]]]:
+    """(label, setup) per strategy that can run on this setting, warmed up; (label, reason)
+    for the others."""
     import torch
 
     from mtl_bench.task import iterate_batches
@@ -200,7 +215,7 @@ def _prepare(group: Sequence[Any], device: str, seed: int, warmup: int
             torch.manual_seed(seed)
             model = pair.build_model(data, list(range(len(tasks))), c.architecture).to(dev)
             opt = make_optimizer(model, strategy, c.lr, c.weight_decay)
-            setup = (model, tasks, strategy, inputs, targets, samples, opt)
+            setup = _Setup(model, tasks, strategy, inputs, targets, samples, opt)
             _time(setup, warmup, dev)
         except UserError as exc:
             notes.append((name, str(exc).replace(f"strategy '{name}' ", "")))
@@ -212,7 +227,7 @@ def _prepare(group: Sequence[Any], device: str, seed: int, warmup: int
     return setups, notes
 
 
-def _time(setup: tuple, steps: int, dev: Any) -> float:
+def _time(setup: _Setup, steps: int, dev: Any) -> float:
     """Seconds per step over ``steps`` training steps on the fixed batch."""
     import torch
 
@@ -229,27 +244,36 @@ def _time(setup: tuple, steps: int, dev: Any) -> float:
     return (time.perf_counter() - start) / max(steps, 1)
 
 
-def _rounds(setups: list[tuple[str, tuple]], rounds: int, steps: int, device: str
+def _rounds(setups: list[tuple[str, _Setup]], rounds: int, steps: int, device: str
             ) -> tuple[dict[str, list[float]], list[str]]:
-    """Interleaved rounds; the start of each round rotates so no strategy always goes first.
-    A strategy that raises is dropped (with a note); rounds stay paired with the reference."""
+    """Interleaved rounds, each in its own shuffled (seeded) order so that no strategy always
+    goes first or follows the same neighbour; garbage collection runs between rounds, not
+    inside a timed block. A strategy that raises is dropped (with a note)."""
     import torch
 
     dev = torch.device(device)
     times: dict[str, list[float]] = {name: [] for name, _ in setups}
     notes = []
-    for r in range(rounds):
-        order = setups[r % len(setups):] + setups[:r % len(setups)]
-        for name, setup in order:
-            if name not in times:
-                continue
-            try:
-                times[name].append(_time(setup, steps, dev))
-            except Exception as exc:
-                notes.append(f"{name} dropped in round {r + 1}: {type(exc).__name__}: {exc}")
-                del times[name]
-                if name == REFERENCE:
-                    return {}, notes
+    was_enabled = gc.isenabled()
+    try:
+        for r in range(rounds):
+            gc.collect()
+            gc.disable()
+            for name, setup in random.Random(r).sample(setups, len(setups)):
+                if name not in times:
+                    continue
+                try:
+                    times[name].append(_time(setup, steps, dev))
+                except Exception as exc:
+                    notes.append(f"{name} dropped in round {r + 1}: {type(exc).__name__}: {exc}")
+                    del times[name]
+                    if name == REFERENCE:
+                        return {}, notes
+            if was_enabled:
+                gc.enable()
+    finally:
+        if was_enabled:
+            gc.enable()
     return times, notes
 
 

@@ -119,10 +119,12 @@ def test_plot_functions_draw_one_artist_per_strategy(tables):
     assert [len(ax.lines) for ax in fig.axes] == [3, 3]
 
     pts = agg.pareto_points(tables, SOFTMAX, [("species", "accuracy"), ("body_mass", "mae")])
-    fig = plots.pareto(pts, SOFTMAX, ("a", "b"), styles)
+    fig = plots.pareto(pts, SOFTMAX, ("a", "b"), styles, directions=(True, False))
     (ax,) = fig.axes
-    front_line = [ln for ln in ax.lines if ln.get_label() == "fixed-weight front"]
-    assert len(front_line) == 1 and len(front_line[0].get_xdata()) == 3
+    sweep = pts[pts["on_front"]]
+    on = plots.nondominated(sweep[["a", "b"]].to_numpy(), True, False)
+    front = [ln for ln in ax.lines if ln.get_label() == "_front points"]
+    assert len(front) == 1 and sorted(front[0].get_xdata()) == sorted(sweep["a"][on])
     assert len(ax.containers) == len(ranked)  # one errorbar per strategy
 
     tp = tables["throughput"]

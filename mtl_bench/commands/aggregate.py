@@ -27,6 +27,24 @@ def add_ci_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level for paired tests and the critical difference "
                         "(default 0.05)")
+    p.add_argument("--metrics", type=_names, default=None, metavar="NAME[,NAME...]",
+                   help="metrics that drive Delta_m%%, ranks and 'best' for the tasks that "
+                        "report them (default: each task's primary metric)")
+    p.add_argument("--setting", default=None, metavar="LABEL",
+                   help="only this setting: its label as the tables print it, or a task pair "
+                        "name when that pair has one setting")
+
+
+def _names(text: str) -> list[str]:
+    from mtl_bench.errors import UserError
+    from mtl_bench.metrics import get_metric
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise UserError("--metrics expects metric names such as macro_f1,rmse")
+    for n in names:
+        get_metric(n)  # unknown -> one line listing the metrics
+    return names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,12 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def aggregate_to(runs_dir: str | Path, out: str | Path, ci: str, level: float, alpha: float,
-                 quiet: bool = False):
+                 quiet: bool = False, metrics: list[str] | None = None,
+                 setting: str | None = None):
     """Aggregate ``runs_dir`` into ``out`` and say what was written; returns the tables."""
     from mtl_bench.aggregate import aggregate_dir
     from mtl_bench.display import write_tables
 
-    tables = aggregate_dir(runs_dir, ci=ci, level=level, alpha=alpha)
+    tables = aggregate_dir(runs_dir, ci=ci, level=level, alpha=alpha, metrics=metrics or (),
+                           setting=setting)
     try:
         write_tables(tables, out)
     except OSError as exc:
@@ -61,5 +81,6 @@ def aggregate_to(runs_dir: str | Path, out: str | Path, ci: str, level: float, a
 
 
 def run(args: argparse.Namespace) -> int:
-    aggregate_to(args.runs_dir, args.out, args.ci, args.level, args.alpha, args.quiet)
+    aggregate_to(args.runs_dir, args.out, args.ci, args.level, args.alpha, args.quiet,
+                 args.metrics, args.setting)
     return 0

@@ -72,10 +72,11 @@ def _speed_entries(doc: dict, args: argparse.Namespace) -> tuple[list, list]:
 
     fresh = read_speed(args.runs_dir)
     if not doc.get("speed"):
-        raise UserError(f"--speed: baseline '{args.baseline}' holds no speed measurements (it "
-                        "was saved from a runs folder without speed.json); run `mtl-bench speed "
-                        "--runs-dir DIR` on the runs folder DIR the baseline is made from, then "
-                        f"`mtl-bench baseline save {args.baseline} --runs-dir DIR --force`")
+        raise UserError(f"--speed: baseline '{args.baseline}' holds no speed measurements (its "
+                        "runs folder had no speed.json, or it predates the speed stage); run "
+                        "`mtl-bench speed --runs-dir DIR` on the runs folder DIR the baseline is "
+                        f"made from, then `mtl-bench baseline save {args.baseline} --runs-dir DIR "
+                        "--force`")
     if not fresh or not fresh["entries"]:
         raise UserError(f"--speed: no speed measurements in '{args.runs_dir}' (no "
                         f"{speed_path(args.runs_dir)}); run `mtl-bench speed --runs-dir "

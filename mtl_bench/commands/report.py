@@ -37,15 +37,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
+def _tables_source(tables_dir: Path) -> str:
+    """The runs folder the tables were aggregated from (``runs`` when unknown)."""
+    import json
+
+    try:
+        return str(json.loads((tables_dir / "meta.json").read_text()).get("runs_dir") or "runs")
+    except (OSError, ValueError):
+        return "runs"
+
+
+def _runs_newer_than(meta: Path) -> str | None:
+    """The tables' runs folder when a record, tuning.json or speed.json in it changed after the
+    tables were written (so ``report`` never shows stale tables after new runs)."""
+    runs = Path(_tables_source(meta.parent))
+    if not runs.is_dir():
+        return None
+    made = meta.stat().st_mtime
+    paths = [*runs.glob("*/*.json"), runs / "tuning.json", runs / "speed.json"]
+    try:
+        newest = max((p.stat().st_mtime for p in paths if p.is_file()), default=0.0)
+    except OSError:
+        return None
+    return str(runs) if newest > made else None
+
+
 def run(args: argparse.Namespace) -> int:
     from mtl_bench.aggregate import META_FILE, Tables
     from mtl_bench.report import write_report
 
     out = Path(args.out)
     tables_dir = Path(args.tables) if args.tables else out / "tables"
-    if args.runs_dir is not None or not (tables_dir / META_FILE).is_file():
-        tables = aggregate_to(args.runs_dir or "runs", tables_dir, args.ci, args.level,
-                              args.alpha, args.quiet)
+    runs_dir = args.runs_dir
+    if runs_dir is None and (tables_dir / META_FILE).is_file():
+        newer = _runs_newer_than(tables_dir / META_FILE)
+        if newer is not None:
+            runs_dir = newer
+            if not args.quiet:
+                print(f"note: the run records in {newer} are newer than the tables in "
+                      f"{tables_dir}; aggregating again", file=sys.stderr)
+    asked = args.metrics is not None or args.setting is not None
+    if runs_dir is not None or asked or not (tables_dir / META_FILE).is_file():
+        tables = aggregate_to(runs_dir or _tables_source(tables_dir), tables_dir, args.ci,
+                              args.level, args.alpha, args.quiet, args.metrics, args.setting)
     else:
         tables = Tables.read(tables_dir)
         made = tables.meta.get("ci", {})

@@ -340,7 +340,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{len(records)} run records in {store.root}/: {len(records) - n_failed} ok, "
           f"{n_failed} failed ({progress.failed} of {len(todo)} run(s) failed in this sweep)")
     if args.report is not None:
-        _report(store.root, Path(args.report), args.quiet, records, args.device, args.threads)
+        _report(store.root, Path(args.report), args.quiet, records, args.device, args.threads,
+                plugin_sources(getattr(args, "plugin", [])))
     return 0
 
 
@@ -360,8 +361,51 @@ def _check_report_folder(out: Path) -> None:
 REPORT_SPEED_ROUNDS, REPORT_SPEED_STEPS = 5, 10
 
 
+def _speed_child(conn: Any, configs: list[Any], device: str, threads: int,
+                 plugins: list[tuple[str, str]]) -> None:
+    from mtl_bench import registry, speed
+    from mtl_bench.sweep import ensure_plugins
+
+    try:
+        registry.load_builtins()
+        ensure_plugins(plugins)
+        conn.send(("ok", speed.measure(configs, device, threads, REPORT_SPEED_ROUNDS,
+                                       REPORT_SPEED_STEPS)))
+    except UserError as exc:
+        conn.send(("error", str(exc)))
+    except Exception as exc:  # reported as a note by the parent; the sweep is done already
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _measure_apart(configs: list[Any], device: str, threads: int,
+                   plugins: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
+    """The speed stage in a process of its own: a strategy that crashes or kills its process
+    (as one killed its workers during the sweep) costs the speed table, not the report."""
+    from mtl_bench.sweep import _context, _death_reason
+
+    ctx = _context()
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_speed_child, args=(child, configs, device, threads, plugins),
+                       daemon=True, name="mtl-bench-speed")
+    proc.start()
+    child.close()
+    try:
+        kind, payload = parent.recv()
+    except (EOFError, OSError):
+        proc.join(timeout=5)
+        raise UserError(f"the speed stage's {_death_reason(proc.exitcode)}") from None
+    finally:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+        parent.close()
+    if kind != "ok":
+        raise UserError(payload)
+    return payload
+
+
 def _report(runs_dir: Path, out: Path, quiet: bool, records: list[dict[str, Any]],
-            device: str, threads: int) -> None:
+            device: str, threads: int, plugins: list[tuple[str, str]]) -> None:
     """The speed, aggregate and report stages over the whole runs folder; a problem there (e.g.
     records that are not comparable) is reported but does not undo the finished sweep. Speed is
     measured for the settings and strategies of this sweep's records, in interleaved rounds
@@ -377,8 +421,7 @@ def _report(runs_dir: Path, out: Path, quiet: bool, records: list[dict[str, Any]
     configs = [RunConfig(**{k: v for k, v in (r.get("config") or {}).items() if k in names})
                for r in records if r.get("config")]
     try:
-        entries, notes = speed.measure(configs, device, threads, REPORT_SPEED_ROUNDS,
-                                       REPORT_SPEED_STEPS)
+        entries, notes = _measure_apart(configs, device, threads, plugins)
         if entries:
             path, _ = speed.write_speed(runs_dir, entries)
             print(f"speed: {len(entries)} strategy x setting entries measured "
