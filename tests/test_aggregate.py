@@ -346,7 +346,8 @@ def test_aggregate_command_writes_tables(tmp_path, real_records, capsys):
 
 def test_terminal_table_still_prints(real_records):
     text = display.terminal_table(real_records)
-    assert "clsreg" in text and "dwa" in text and "speed vs fixed" in text
+    assert "clsreg" in text and "dwa" in text and "species accuracy" in text
+    assert "speed vs fixed" not in text and "samples/s (sweep)" in text  # never ranked
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["aggregate", "--help"], ["report", "--help"]])

@@ -87,7 +87,7 @@ CASES = [
     ("threads = 0", ["--threads", "0"], _plain, 2, "--threads must be a positive integer"),
     ("max-run-seconds = 0", ["--max-run-seconds", "0"], _plain, 2,
      "--max-run-seconds must be positive"),
-    ("tune unknown", ["--tune", "momentum"], _plain, 2, "invalid choice: 'momentum'"),
+    ("tune unknown", ["--tune", "momentum"], _plain, 2, "--tune expects 'lr' or NAME.PARAM"),
     ("scheduler without dask", ["--executor", "local", "--scheduler", "tcp://127.0.0.1:1"],
      _plain, 2, "--scheduler needs --executor dask"),
     ("dask extra missing", [], _no_dask, 2, "pip install 'mtl-bench[dask]'"),
@@ -142,7 +142,7 @@ def test_ctrl_c_stops_workers_exits_130_and_keeps_finished_runs(tmp_path, capsys
     assert 1 <= len(records) < 12
     assert main([*cmd[3:], "--dry-run"]) == EXIT_OK
     out = capsys.readouterr().out
-    assert f"{12 - len(records)} to run, {len(records)} already done" in out
+    assert f"{12 - len(records)} to run ({12 - len(records)} new, {len(records)} done)" in out
 
 
 # -- one line and exit 2 for every command: devices, output folders, files, ranges, names ------

@@ -41,14 +41,14 @@ def test_run_prints_table_and_skips_finished_runs(capsys, runs_dir):
             "--runs-dir", str(runs_dir)]
     code, out, err = _run(args, capsys)
     assert code == 0
-    assert "gradnorm" in out and "speed vs fixed" in out and "species accuracy" in out
+    assert "gradnorm" in out and "samples/s (sweep)" in out and "species accuracy" in out
     assert "4 run(s) to do" in err
     runs = load_runs(runs_dir)
     assert len(runs) == 4 and set(runs["status"]) == {"ok"}
     code, out, err = _run(args, capsys)
-    assert code == 0 and "0 run(s) to do, 4 already done" in err
+    assert code == 0 and "0 run(s) to do (4 done)" in err
     code, out, err = _run([*args, "--dry-run", "--seeds", "3"], capsys)
-    assert "2 to run, 4 already done" in out
+    assert "2 to run (2 new, 4 done)" in out
 
 
 def test_weights_option_and_list(capsys, runs_dir):

@@ -84,8 +84,8 @@ def test_html_is_self_contained(report_dir, tables):
 
 def test_markdown_report_content(report_dir):
     md = (report_dir / "report.md").read_text()
-    for heading in (f"## {BCE}", f"## {SOFTMAX}", "### Test metrics", "### Throughput",
-                    "### Significance against the reference", "## Across task pairs",
+    for heading in (f"## {BCE}", f"## {SOFTMAX}", "### Leaderboard", "### Sweep timers",
+                    "### All test metrics", "### Paired tests against fixed", "## Across task pairs",
                     "## Calibration by formulation: clsreg", "## Failed runs"):
         assert heading in md
     assert md.count("What this shows:") >= 6 + 2 + 2
@@ -220,3 +220,142 @@ def test_all_failed_runs_give_a_report_without_empty_figures(report_dir, tmp_pat
     md = files.markdown.read_text()
     assert "(1 failed)" in md or "(2 failed)" in md
     assert "## Failed runs" in md and "boom" in md
+
+
+# -- figures and layout ------------------------------------------------------------------------
+def _quick_tables(report_dir, folder):
+    """The fixture's tables cut to one setting without curves, weights, diagnostics or details
+    (a report of them draws one Pareto plot: quick)."""
+    shutil.copytree(report_dir / "tables", folder)
+    t = agg.Tables.read(folder)
+    keep = t.meta["settings"][0]
+    t.meta["settings"] = [keep]
+    t.meta["friedman"] = {"reason": "one setting"}
+    for name, frame in t.frames.items():
+        if "setting" in frame:
+            t.frames[name] = frame[frame["setting"] == keep["label"]]
+        if name in ("curves", "weights", "diagnostics", "details"):
+            t.frames[name] = frame.iloc[0:0]
+    t.write(folder)
+    return keep
+
+
+@pytest.mark.parametrize("browser", ["none", "error"])
+def test_open_without_a_browser_prints_where_the_report_is_and_exits_0(
+        report_dir, tmp_path, monkeypatch, capsys, browser):
+    import webbrowser
+
+    _quick_tables(report_dir, tmp_path / "tables")
+    orphan = tmp_path / "out" / "figures" / ".pareto_x.png.k2j3.tmp"  # a killed report's
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half")
+
+    def no_browser(url):
+        if browser == "error":
+            raise webbrowser.Error("could not locate runnable browser")
+        return False
+
+    monkeypatch.setattr("webbrowser.open", no_browser)
+    code = main(["report", "--tables", str(tmp_path / "tables"), "--out",
+                 str(tmp_path / "out"), "--open", "--quiet"])
+    out = capsys.readouterr()
+    page = (tmp_path / "out" / "report.html").resolve()
+    assert code == 0 and out.err == ""
+    assert str(page) in out.out and "no web browser" in out.out
+    assert page.is_file() and not orphan.exists()
+
+
+def test_pareto_option_picks_the_pair_and_rejects_unknown_tasks(report_dir, tmp_path, capsys):
+    keep = _quick_tables(report_dir, tmp_path / "tables")
+    args = ["report", "--tables", str(tmp_path / "tables"), "--out", str(tmp_path / "out"),
+            "--quiet"]
+    assert main([*args, "--pareto", "body_mass,species"]) == 0
+    assert {p.name for p in (tmp_path / "out" / "figures").iterdir()} == {
+        f"pareto_{keep['slug']}_body-mass_species.{e}" for e in ("png", "svg")}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "body_mass mae against species accuracy" in md
+    for bad, why in (("nope,species", "no setting has both tasks; tasks: species, body_mass"),
+                     ("species", "should be two different task names")):
+        assert main([*args, "--pareto", bad]) == 2
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1
+
+
+def test_html_has_contents_linking_every_section_and_tables_that_fit(report_dir, tables):
+    import re
+
+    page = (report_dir / "report.html").read_text()
+    ids = re.findall(r'<h[23] id="([^"]+)">', page)
+    headings = re.findall(r"<h[23][ >]", page)
+    assert len(ids) == len(set(ids)) == len(headings) - 1  # all but the "Contents" heading
+    nav = page[page.index('<nav class="toc">'):page.index("</nav>")]
+    assert re.findall(r'href="#([^"]+)"', nav) == ids
+    assert page.index("</nav>") < page.index("<h2 id=")  # at the top, after the introduction
+    # the leaderboard (the table with the mean rank) opens every setting's section
+    for s in tables.meta["settings"]:
+        section = page[page.index(f'<h2 id="{s["slug"]}">'):]
+        first_table = section[section.index("<table>"):section.index("</thead>")]
+        assert "mean rank" in first_table
+        assert section.index("<table>") < section.index("<figure>")
+    # no fixed width that pushes the last columns behind a scroll bar; values break only
+    # before their ± interval
+    assert "1300px" not in page and "td { white-space: nowrap" not in page
+    assert "±&nbsp;" in page and "max-width: 1800px" in page
+
+
+def test_calibration_figure_for_a_pair_without_a_formulation_option(report_dir, tmp_path):
+    records = RunStore(report_dir.parent / "raw").load().records
+    for r in records:  # keep the details (reliability bins), drop what only other figures use
+        r.update(curves={}, weights={}, diagnostics=[], throughput={})
+    tables = agg.aggregate_records(records)
+    (s,) = tables.meta["settings"]
+    assert "formulation" not in s["options"] and formulation_groups(tables) == []
+    files = write_report(tables, tmp_path)
+    png = tmp_path / "figures" / f"calibration_{s['slug']}_species.png"
+    assert png in files.figures and not figure_is_blank(png)
+    md = files.markdown.read_text()
+    section = md[md.index(f"## {s['label']}"):]
+    assert "### Calibration" in section and "calibration gap" in section
+    assert "Calibration by formulation" not in md
+
+
+def test_selected_epochs_per_strategy_and_task(tables):
+    from mtl_bench.report import selected_epochs
+
+    sel = selected_epochs(tables, SOFTMAX, ["species", "body_mass"])
+    runs = tables["runs"]
+    runs = runs[(runs["setting"] == SOFTMAX) & (runs["status"] == "ok")]
+    fixed = runs[runs["strategy"] == "fixed"]["selected_epoch"].tolist()
+    assert sel[("fixed", "species")] == sel[("fixed", "body_mass")] == fixed
+    alone = runs[(runs["strategy"] == "single-task") & (runs["single_task"] == "species")]
+    assert sel[("single-task", "species")] == alone["selected_epoch"].tolist()
+    assert len(alone) == 2  # the single-task runs of the other task are not mixed in
+
+
+@pytest.fixture(scope="module")
+def ten_task_report(tmp_path_factory):
+    """GradNorm's toy with 10 tasks, one seed, one epoch: the layouts for many tasks."""
+    root = tmp_path_factory.mktemp("ten")
+    assert main(["run", "--task", "gradnorm-toy", "--set", "gradnorm-toy.n_tasks=10",
+                 "--strategy", "fixed,pcgrad", "--seeds", "1", "--epochs", "1", "--runs-dir",
+                 str(root / "runs"), "--quiet", "--jobs", "1"]) == 0
+    assert main(["report", "--runs-dir", str(root / "runs"), "--out", str(root / "out"),
+                 "--quiet"]) == 0
+    return root / "out"
+
+
+def test_ten_tasks_get_grids_a_cosine_matrix_and_three_pareto_pairs(ten_task_report):
+    from matplotlib.image import imread
+
+    figs = ten_task_report / "figures"
+    slug = "gradnorm-toy-n-tasks-10"
+    stems = {p.stem for p in figs.glob("*.png")}
+    assert stems == {f"curves_{slug}", f"losses_{slug}", f"weights_{slug}", f"gradcos_{slug}",
+                     f"throughput_{slug}",
+                     *(f"pareto_{slug}_task1_task{i}" for i in (2, 3, 4))}
+    for stem in stems:
+        width = imread(str(figs / f"{stem}.png")).shape[1]
+        assert width <= plots.MAX_WIDTH_PX, (stem, width)
+        assert not figure_is_blank(figs / f"{stem}.png")
+    md = (ten_task_report / "report.md").read_text()
+    assert "one matrix per strategy" in md and "relative to its first value" in md

@@ -64,7 +64,7 @@ def test_kill_9_mid_sweep_then_rerun_loses_and_duplicates_nothing(tmp_path):
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     n_left = len(expected) - len(before)
-    assert f"{n_left} run(s) to do, {len(before)} already done" in again.stderr
+    assert f"{n_left} run(s) to do ({n_left} new, {len(before)} done)" in again.stderr
     after = {p.name: p for p in runs.glob("*/*.json")}
     assert set(after) == expected  # nothing lost, no duplicates, no stray record names
     store = RunStore(runs)
@@ -92,7 +92,7 @@ def test_corrupt_record_is_reported_and_redone(tmp_path, capsys):
     assert main(_tiny(runs)) == 0
     err = capsys.readouterr().err
     assert f"note: record {victim} is corrupt; rerunning it" in err
-    assert "1 run(s) to do, 3 already done" in err
+    assert "1 run(s) to do (1 corrupt, 3 done)" in err
     assert store.read(victim)["status"] == "ok"
     assert all(p.read_bytes() == b for p, b in others.items())
 
@@ -103,8 +103,16 @@ def test_failed_runs_are_kept_and_rerun_only_when_asked(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "0 ok, 4 failed (4 of 4 run(s) failed in this sweep)" in captured.out
     assert "exceeded --max-run-seconds" in captured.out
+    # a timeout says nothing about the run itself: a plain rerun retries it ...
+    assert main(_tiny(runs, "--dry-run")) == 0
+    assert capsys.readouterr().out.count("failed (timeout): will retry") == 4
+    # ... while a deterministic failure (here: records marked diverged) is kept unless asked
+    store = RunStore(runs)
+    for path in sorted(runs.glob("*/*.json")):
+        rec = store.read(path)
+        store.write({**rec, "failure": "diverged", "reason": "non-finite loss at epoch 1"})
     assert main(_tiny(runs)) == 0
-    assert "0 run(s) to do, 4 already done" in capsys.readouterr().err
+    assert "0 run(s) to do (4 failed, kept)" in capsys.readouterr().err
     assert main(_tiny(runs, "--retry-failed")) == 0
     captured = capsys.readouterr()
     assert "4 run(s) to do" in captured.err and "4 ok, 0 failed" in captured.out

@@ -113,11 +113,11 @@ def test_config_file_drives_the_grid_and_the_command_line_wins(tmp_path, capsys)
     assert main(["run", "--config", str(path), "--runs-dir", runs, "--dry-run"]) == 0
     out = capsys.readouterr().out
     # (fixed + 2 gradnorm variants) x 2 lrs x 2 seeds
-    assert "12 to run, 0 already done" in out
+    assert "12 to run (12 new)" in out
     assert "gradnorm(alpha=0.5)" in out and "lr 0.001" in out
     assert main(["run", "--config", str(path), "--runs-dir", runs, "--dry-run",
                  "--strategy", "fixed", "--lr", "1e-3", "--seeds", "1"]) == 0
-    assert "1 to run, 0 already done" in capsys.readouterr().out
+    assert "1 to run (1 new)" in capsys.readouterr().out
 
 
 # -- local worker processes --------------------------------------------------------------------
