@@ -262,6 +262,9 @@ def comparison_display(tables: Tables, label: str,
         highs = [pick(lb, ok, "ci_high") for lb, ok in zip(order, ranked)]
         # ties are ties: bold only a unique best, clear of the runner-up's value
         bold[col] = list(stats.unique_best(vals, lows, highs, False))
+        if col == "mean rank ↓":  # ranks of means have no interval: see mean_rank_top
+            best = mean_rank_top(tables, label)[0]
+            bold[col] = [b and lb == best for b, lb in zip(bold[col], order)]
     level = int(round(tables.meta["ci"]["level"] * 100))
     interval = "t-interval" if method == "t" else "percentile bootstrap"
     rule = (meta.get("fields") or {}).get("select", "?")
@@ -273,6 +276,43 @@ def comparison_display(tables: Tables, label: str,
     note += (f"; † differs from {meta['reference']} at Holm-adjusted p < "
              f"{tables.meta['alpha']:g} (paired over seeds)." if meta["reference"] else ".")
     return Display(f"Test metrics: {label}", text, bold, note)
+
+
+def mean_rank_top(tables: Tables, label: str) -> tuple[str | None, list[str], list[str]]:
+    """Who has the best mean rank: (the single best or None, the ranked strategies with the
+    lowest mean rank, the other ranked strategies whose higher mean rank rests on differences
+    inside the intervals).
+
+    A mean rank is a rank of means and has no interval of its own, so a difference inside an
+    interval still moves it. A leader is clear of another strategy when, over the summary
+    metrics, it is ahead with the other's mean outside its own interval more often than the
+    other is ahead with the leader's mean outside the other's interval (each comparison by
+    :func:`mtl_bench.stats.unique_best` of the two). The best mean rank is a single strategy's
+    only when it alone has the lowest mean rank and is clear of every other ranked strategy."""
+    rk = tables["ranks"][tables["ranks"][SETTING] == label].dropna(subset=["mean_rank"])
+    if rk.empty:
+        return None, [], []
+    top = float(rk["mean_rank"].min())
+    leaders = sorted(rk.loc[rk["mean_rank"] == top, STRATEGY])
+    summ = tables["summary"][tables["summary"][SETTING] == label]
+    cells = {(r[STRATEGY], r[TASK], r[METRIC]): r for _, r in summ.iterrows()}
+    directions = tables.setting(label)["directions"]
+
+    def clear_of(a: str, b: str) -> bool:
+        wins = losses = 0
+        for task, metric in summary_columns(tables, label):
+            ca, cb = cells.get((a, task, metric)), cells.get((b, task, metric))
+            if ca is None or cb is None or directions.get(metric) is None:
+                continue
+            won = stats.unique_best([ca["mean"], cb["mean"]], [ca["ci_low"], cb["ci_low"]],
+                                    [ca["ci_high"], cb["ci_high"]], bool(directions[metric]))
+            wins, losses = wins + bool(won[0]), losses + bool(won[1])
+        return wins > losses
+
+    close = [lb for lb in sorted(rk[STRATEGY]) if lb not in leaders
+             and not any(clear_of(ld, lb) for ld in leaders)]
+    best = leaders[0] if len(leaders) == 1 and not close else None
+    return best, leaders, close
 
 
 def _rank_of(ranks: pd.DataFrame, lb: str) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtl_bench import plots
+from mtl_bench import plot_training, plots
 from mtl_bench.aggregate import (
     FORMULATION_OPTION,
     PHASES,
@@ -275,7 +275,7 @@ def _setting_section(tables: Tables, s: dict, rep: Report, styles, wanted, figur
                  if selected else "")
         if len(names) <= 2:
             for name in names:
-                fig = plots.learning_curves(
+                fig = plot_training.learning_curves(
                     curves, label, name, chosen[name], s["directions"].get(chosen[name]),
                     styles, ranked, single, level,
                     selected={lb: e for (lb, t), e in selected.items() if t == name})
@@ -284,11 +284,11 @@ def _setting_section(tables: Tables, s: dict, rep: Report, styles, wanted, figur
                        f"epoch{marks}.")
         else:
             per_task = [(n, chosen[n], s["directions"].get(chosen[n])) for n in names]
-            figure(plots.metric_grid(curves, label, per_task, styles, ranked, single, level,
-                                     selected=selected),
+            figure(plot_training.metric_grid(curves, label, per_task, styles, ranked, single,
+                                             level, selected=selected),
                    f"curves_{slug}", f"{label}: validation metric of every task per epoch"
                    f"{marks}.")
-            figure(plots.normalised_losses(
+            figure(plot_training.normalised_losses(
                        curves, label, names, ranked,
                        selected={lb: e for (lb, t), e in selected.items() if t == names[0]}),
                    f"losses_{slug}", f"{label}: each task's loss relative to its first value, "
@@ -299,7 +299,7 @@ def _setting_section(tables: Tables, s: dict, rep: Report, styles, wanted, figur
     weights = tables["weights"][tables["weights"][SETTING] == label]
     if not weights.empty and ranked:
         b.append(Heading("Task weights", 3))
-        figure(plots.weight_trajectories(weights, label, names, styles, ranked, level),
+        figure(plot_training.weight_trajectories(weights, label, names, styles, ranked, level),
                f"weights_{slug}", f"{label}: task weights per epoch.")
         b.append(Text("What this shows: " + _weights_line(weights, s, ranked)))
 
@@ -308,10 +308,12 @@ def _setting_section(tables: Tables, s: dict, rep: Report, styles, wanted, figur
     if not diag.empty:
         b.append(Heading("Gradient diagnostics", 3))
         if len(names) <= 2:
-            figure(plots.gradient_cosine(diag, label, styles, ranked, level), f"gradcos_{slug}",
+            figure(plot_training.gradient_cosine(diag, label, styles, ranked, level),
+                   f"gradcos_{slug}",
                    f"{label}: cosine between the task gradients during training.")
         else:
-            figure(plots.gradient_cosine_heatmap(diag, label, names, ranked), f"gradcos_{slug}",
+            figure(plot_training.gradient_cosine_heatmap(diag, label, names, ranked),
+                   f"gradcos_{slug}",
                    f"{label}: cosine between every two task gradients over the last epoch, "
                    "one matrix per strategy.")
         b.append(Text("What this shows: " + _cosine_line(diag, ranked)))

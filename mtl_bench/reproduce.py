@@ -31,7 +31,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from scipy import stats as scipy_stats
 
-from mtl_bench import plots, registry, stats
+from mtl_bench import plot_training, plots, registry, stats
 from mtl_bench.aggregate import (
     METHOD,
     REFERENCE,
@@ -458,8 +458,8 @@ class GradNormToy(Reproduction):
                 if not wt.empty:
                     s = tables.meta["settings"][0]
                     ranked = [lb for lb in TOY_LABELS if lb in s["strategies"]]
-                    fig = plots.weight_trajectories(wt, s["label"], runs[0].tasks, styles,
-                                                    ranked, LEVEL)
+                    fig = plot_training.weight_trajectories(wt, s["label"], runs[0].tasks,
+                                                            styles, ranked, LEVEL)
                     out += [ctx.figure(fig, f"{self.name}_T2_weights_all",
                                        "Two tasks: the weight every strategy gave each task, "
                                        "per epoch (mean of the epoch's steps; mean and CI over "
@@ -806,15 +806,15 @@ class MultiDigits(Reproduction):
         curves = tables["curves"][tables["curves"][SETTING] == lab]
         single = SINGLE_TASK if SINGLE_TASK in ours else None
         for task in DIGIT_TASKS:
-            fig = plots.learning_curves(curves, lab, task, "accuracy", True, styles, ranked,
-                                        single, LEVEL)
+            fig = plot_training.learning_curves(curves, lab, task, "accuracy", True, styles,
+                                                ranked, single, LEVEL)
             out += [ctx.figure(fig, f"{self.name}_curves_{task}",
                                f"{task} digit: training loss and validation accuracy per epoch "
                                "for the paper's methods."), ""]
         weights = tables["weights"][tables["weights"][SETTING] == lab]
         if not weights.empty:
-            fig = plots.weight_trajectories(weights, lab, list(DIGIT_TASKS), styles, ranked,
-                                            LEVEL)
+            fig = plot_training.weight_trajectories(weights, lab, list(DIGIT_TASKS), styles,
+                                                    ranked, LEVEL)
             out += [ctx.figure(fig, f"{self.name}_weights",
                                "Task weights per epoch for the paper's methods (MGDA-UB's are "
                                "the min-norm coefficients)."), ""]

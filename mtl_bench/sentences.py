@@ -3,7 +3,9 @@
 Rules every sentence keeps (tests plant a case that would make a careless sentence false):
 * ties are ties: a strategy is called best only when it is the single best and the runner-up's
   value lies outside its interval (:func:`mtl_bench.stats.unique_best`); otherwise the sentence
-  names every strategy that shares the top;
+  names every strategy that shares the top; a mean rank (a rank of means, with no interval of
+  its own) is best only when its lead does not rest on differences inside the intervals
+  (:func:`mtl_bench.display.mean_rank_top`, which also decides the bold);
 * summaries speak of the summary metrics (each task's primary metric unless ``--metrics`` chose
   others) and say which those are; a non-primary metric that would swing Delta_m% is named;
 * a difference is called significant only after the Holm correction;
@@ -21,7 +23,8 @@ import pandas as pd
 
 from mtl_bench import stats
 from mtl_bench.aggregate import DELTA_M, METHOD, RANKED_ROLES, SETTING, Tables
-from mtl_bench.display import fmt_ci, fmt_number, fmt_p, summary_columns
+from mtl_bench.display import fmt_ci, fmt_number, fmt_p, mean_rank_top, summary_columns
+from mtl_bench.speed import IS_REFERENCE
 from mtl_bench.store import METRIC, SPLIT, STRATEGY, TASK
 
 #: A non-primary metric is named beside Delta_m% when its term is at least this many points
@@ -62,17 +65,19 @@ def comparison_line(tables: Tables, s: dict) -> str:
     parts = []
     rk = tables["ranks"][tables["ranks"][SETTING] == label].dropna(subset=["mean_rank"])
     if not rk.empty:
-        rk = rk.sort_values([STRATEGY])
-        nan = [math.nan] * len(rk)
-        best, shared = _top(list(rk[STRATEGY]), list(rk["mean_rank"]), nan, nan, False)
+        best, leaders, close = mean_rank_top(tables, label)
         top = float(rk["mean_rank"].min())
         n_rank = int(rk["n_strategies"].iloc[0])
+        over = f"{top:.2f} over {used}; {n_rank} strategies ranked"
         if best is not None:
-            parts.append(f"{best} has the best mean rank ({top:.2f} over {used}; {n_rank} "
-                         "strategies ranked)")
+            parts.append(f"{best} has the best mean rank ({over})")
+        elif not close:
+            parts.append(f"{names(leaders)} share the best mean rank ({over})")
         else:
-            parts.append(f"{names(shared)} share the best mean rank ({top:.2f} over {used}; "
-                         f"{n_rank} strategies ranked)")
+            parts.append(f"no single strategy has the best mean rank: {names(leaders)} "
+                         f"{'has' if len(leaders) == 1 else 'share'} the lowest ({over}), but "
+                         f"{names(close)} {'trails' if len(close) == 1 else 'trail'} only by "
+                         "differences inside the intervals")
     dm = tables["delta_m"][tables["delta_m"][SETTING] == label]
     dm = dm[dm["role"].isin(RANKED_ROLES) & dm["mean"].notna()].sort_values(STRATEGY)
     if not dm.empty:
@@ -114,9 +119,9 @@ def _delta_m_swing(tables: Tables, label: str) -> str:
                 worst = r
     if worst is None:
         return ""
-    return (f"Δm% counts the primary metrics only; {worst[TASK]} {worst[METRIC]} alone would "
-            f"move {worst[STRATEGY]}'s by {worst['term']:+.1f} points (see the table "
-            "delta_m_terms)")
+    used = ", ".join(f"{t} {m}" for t, m in summary_columns(tables, label))
+    return (f"Δm% counts {used} only; {worst[TASK]} {worst[METRIC]} alone would move "
+            f"{worst[STRATEGY]}'s by {worst['term']:+.1f} points (see the table delta_m_terms)")
 
 
 def significance_line(tables: Tables, s: dict) -> str:
@@ -145,6 +150,8 @@ def speed_line(tables: Tables, s: dict) -> str:
     if sp.empty or "ratio" not in sp:
         return "no speed measurement for this setting (run `mtl-bench speed`)."
     sp = sp[sp["ratio"].notna()]
+    if "verdict" in sp:  # the reference's own row (ratio 1 by definition) is no comparison
+        sp = sp[sp["verdict"] != IS_REFERENCE]
     slower = sp[sp["ratio_low"] > 1]
     faster = sp[sp["ratio_high"] < 1]
     unclear = sp[~sp.index.isin(slower.index) & ~sp.index.isin(faster.index)]

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_bench import check, registry
+from mtl_bench import baselines, registry
+from mtl_bench.baselines import pair_label
 from mtl_bench.check import (
     Factors,
     badness,
     ci95,
     min_mann_whitney_p,
-    pair_label,
     significance,
 )
 from mtl_bench.cli import main
@@ -312,7 +312,7 @@ def test_baseline_save_list_show(dirs, capsys):
                       "--baselines-dir", str(dirs[2])], capsys, "(they differ in epochs ")
     doc = json.loads((dirs[2] / "base" / "baseline.json").read_text())
     run = doc["runs"][0]
-    assert doc["version"] == check.BASELINE_VERSION and doc["n_runs"] == 15
+    assert doc["version"] == baselines.BASELINE_VERSION and doc["n_runs"] == 15
     assert set(run["test"]) == {"species.accuracy", "body_mass.mae"}  # test split, no loss
     assert "curves" not in run and run["machine"] == "m0" and run["code"]["strategy"]
     capsys.readouterr()

@@ -13,7 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from mtl_bench import plots
+from mtl_bench import plot_training, plots
 
 
 # -- the fixed-weight front --------------------------------------------------------------------
@@ -136,17 +136,17 @@ def _curves(tasks, strategies, epochs=6, start=None):
 def test_learning_curves_use_log_y_for_a_loss_over_decades_and_mark_the_selected_epoch():
     curves = _curves(["t"], ["a", "b"], epochs=8)
     styles = plots.style_map(["a", "b"])
-    fig = plots.learning_curves(curves, "s", "t", "mae", False, styles, ["a", "b"],
-                                selected={"a": [2, 4], "b": [8, 8]})
+    fig = plot_training.learning_curves(curves, "s", "t", "mae", False, styles, ["a", "b"],
+                                        selected={"a": [2, 4], "b": [8, 8]})
     loss_ax, val_ax = fig.axes
     assert loss_ax.get_yscale() == "log" and "log scale" in loss_ax.get_ylabel()
     assert val_ax.get_yscale() == "linear"  # 3.0 -> 2.2: no decade
-    marks = [ln for ln in val_ax.lines if ln.get_marker() == plots.SELECTED_MARKER
+    marks = [ln for ln in val_ax.lines if ln.get_marker() == plot_training.SELECTED_MARKER
              and len(ln.get_xdata())]
     at = sorted((float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in marks)
     assert at == [(3.0, pytest.approx(2.7)), (8.0, pytest.approx(2.2))]  # mean epoch, on curve
     legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
-    assert plots.SELECTED_LABEL in legend
+    assert plot_training.SELECTED_LABEL in legend
 
 
 # -- layouts for many tasks --------------------------------------------------------------------
@@ -165,26 +165,27 @@ def test_ten_task_figures_wrap_into_rows_under_the_width_cap(tmp_path):
                              "epoch": e, "n": 2, "mean": 1.0, "sd": 0.0, "ci_low": 0.9,
                              "ci_high": 1.1} for lb in strategies for t in TEN
                             for e in range(1, 4)])
-    fig = plots.weight_trajectories(weights, "s", TEN, styles, strategies)
+    fig = plot_training.weight_trajectories(weights, "s", TEN, styles, strategies)
     assert len(fig.axes) == 10
     rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
     cols = {round(ax.get_position().x0, 3) for ax in fig.axes}
-    assert (len(rows), len(cols)) == (4, plots.PANEL_COLUMNS)
+    assert (len(rows), len(cols)) == (4, plot_training.PANEL_COLUMNS)
     assert _png_width(fig, tmp_path, "weights") <= plots.MAX_WIDTH_PX
 
     curves = _curves(TEN, strategies, start=[10.0 ** i for i in range(10)])
-    grid = plots.metric_grid(curves, "s", [(t, "mae", False) for t in TEN], styles, strategies)
+    grid = plot_training.metric_grid(curves, "s", [(t, "mae", False) for t in TEN], styles,
+                                     strategies)
     assert len(grid.axes) == 10
     assert _png_width(grid, tmp_path, "curves") <= plots.MAX_WIDTH_PX
 
     # a figure asked to be wider than the cap is clamped, not drawn 5,000 px wide
-    assert plots._figure(44, 4).get_figwidth() * plots.DPI <= plots.MAX_WIDTH_PX
+    assert plots.new_figure(44, 4).get_figwidth() * plots.DPI <= plots.MAX_WIDTH_PX
 
 
 def test_normalised_losses_start_at_one_one_panel_per_strategy():
     curves = _curves(["t1", "t2", "t3"], ["a", "b"], start=[1.0, 50.0, 2000.0])
-    fig = plots.normalised_losses(curves, "s", ["t1", "t2", "t3"], ["a", "b"],
-                                  selected={"a": [3, 5]})
+    fig = plot_training.normalised_losses(curves, "s", ["t1", "t2", "t3"], ["a", "b"],
+                                          selected={"a": [3, 5]})
     assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
     a = fig.axes[0]
     tasks = [ln for ln in a.lines if ln.get_label() in ("t1", "t2", "t3")]
@@ -214,15 +215,15 @@ def test_cosine_matrix_is_t_by_t_over_the_last_epoch():
     tasks = ["t1", "t2", "t3", "t4"]
     diag = _diag(tasks, ["a"], lambda i, j, e: -0.5 if (i, j) == (0, 3) and e > 1.5
                  else 0.1 * (i + j) if e > 1.5 else 0.9)
-    m = plots.cosine_matrix(diag, tasks, "a")
+    m = plot_training.cosine_matrix(diag, tasks, "a")
     assert m.shape == (4, 4) and np.allclose(m, m.T) and np.allclose(np.diag(m), 1)
     assert m[0, 3] == pytest.approx(-0.5) and m[1, 2] == pytest.approx(0.3)  # not epoch 1's 0.9
-    assert np.isnan(plots.cosine_matrix(diag, [*tasks, "t5"], "a")[0, 4])  # never measured
+    assert np.isnan(plot_training.cosine_matrix(diag, [*tasks, "t5"], "a")[0, 4])  # never measured
 
 
 def test_cosine_heatmap_has_one_t_by_t_image_per_strategy(tmp_path):
     diag = _diag(TEN, ["a", "b", "c", "d"], lambda i, j, e: 0.05 * (j - i) - 0.2)
-    fig = plots.gradient_cosine_heatmap(diag, "s", TEN, ["a", "b", "c", "d"])
+    fig = plot_training.gradient_cosine_heatmap(diag, "s", TEN, ["a", "b", "c", "d"])
     images = [im for ax in fig.axes for im in ax.images]
     assert len(images) == 4 and all(im.get_array().shape == (10, 10) for im in images)
     assert _png_width(fig, tmp_path, "gradcos") <= plots.MAX_WIDTH_PX

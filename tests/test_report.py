@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from mtl_bench import aggregate as agg
-from mtl_bench import plots
+from mtl_bench import plot_training, plots
 from mtl_bench.cli import main
 from mtl_bench.report import figure_is_blank, formulation_groups, task_metric, write_report
 from mtl_bench.store import RunStore
@@ -85,7 +85,8 @@ def test_html_is_self_contained(report_dir, tables):
 def test_markdown_report_content(report_dir):
     md = (report_dir / "report.md").read_text()
     for heading in (f"## {BCE}", f"## {SOFTMAX}", "### Leaderboard", "### Sweep timers",
-                    "### All test metrics", "### Paired tests against fixed", "## Across task pairs",
+                    "### All test metrics", "### Paired tests against fixed",
+                    "## Across task pairs",
                     "## Calibration by formulation: clsreg", "## Failed runs"):
         assert heading in md
     assert md.count("What this shows:") >= 6 + 2 + 2
@@ -107,15 +108,16 @@ def test_plot_functions_draw_one_artist_per_strategy(tables):
     styles = plots.style_map(ranked, ["fixed"])
     assert len({st.color for st in styles.values()}) == 3
     curves = tables["curves"][tables["curves"]["setting"] == SOFTMAX]
-    fig = plots.learning_curves(curves, SOFTMAX, "species", "accuracy", True, styles, ranked,
-                                "single-task")
+    fig = plot_training.learning_curves(curves, SOFTMAX, "species", "accuracy", True, styles,
+                                        ranked, "single-task")
     loss_ax, val_ax = fig.axes
     assert len(loss_ax.lines) == len(ranked) + 1 == len(val_ax.lines)  # + single-task
     assert len(val_ax.lines[0].get_xdata()) == 3  # epochs 0, 1, 2
     assert len(loss_ax.collections) == len(ranked) + 1  # CI bands (2 seeds each)
 
     weights = tables["weights"][tables["weights"]["setting"] == SOFTMAX]
-    fig = plots.weight_trajectories(weights, SOFTMAX, ["species", "body_mass"], styles, ranked)
+    fig = plot_training.weight_trajectories(weights, SOFTMAX, ["species", "body_mass"], styles,
+                                            ranked)
     assert [len(ax.lines) for ax in fig.axes] == [3, 3]
 
     pts = agg.pareto_points(tables, SOFTMAX, [("species", "accuracy"), ("body_mass", "mae")])
@@ -135,7 +137,7 @@ def test_plot_functions_draw_one_artist_per_strategy(tables):
     assert sum("× step time" in t.get_text() for t in sps_ax.texts) == 3
 
     diag = tables["diagnostics"][tables["diagnostics"]["setting"] == SOFTMAX]
-    fig = plots.gradient_cosine(diag, SOFTMAX, styles, ranked)
+    fig = plot_training.gradient_cosine(diag, SOFTMAX, styles, ranked)
     assert len(fig.axes[0].lines) == len(ranked) + 1  # + the zero line
 
     f = tables.meta["friedman"]

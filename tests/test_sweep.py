@@ -1,7 +1,6 @@
 """The sweep: grids (--lr, --set, TOML), local worker processes, failures, tuning, progress."""
 
 import io
-import json
 import math
 import textwrap
 

@@ -34,11 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtl_bench import check
+    from mtl_bench import baselines
 
-    root = getattr(args, "baselines_dir", None) or check.DEFAULT_BASELINES_DIR
+    root = getattr(args, "baselines_dir", None) or baselines.DEFAULT_BASELINES_DIR
     if args.action == "save":
-        check.check_name(args.name)
+        baselines.check_name(args.name)
         from mtl_bench.store import RunStore
 
         store = RunStore(args.runs_dir)
@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
         measured = read_speed(args.runs_dir)
         speed = measured["entries"] if measured else []
-        doc = check.build_baseline(loaded.records, args.name, args.note, str(args.runs_dir),
+        doc = baselines.build_baseline(loaded.records, args.name, args.note, str(args.runs_dir),
                                    speed)
-        path = check.save_baseline(root, args.name, doc, force=args.force)
+        path = baselines.save_baseline(root, args.name, doc, force=args.force)
         n_failed = sum(r["status"] != "ok" for r in doc["runs"])
         print(f"saved baseline '{args.name}': {doc['n_runs']} runs ({n_failed} failed) and "
               f"{len(speed)} speed entries in {path}")
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                   f"baseline; run `mtl-bench speed --runs-dir {args.runs_dir}` and save again")
         return 0
     if args.action == "list":
-        items = check.list_baselines(root)
+        items = baselines.list_baselines(root)
         if not items:
             print(f"no baselines in {root}/")
         for b in items:
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{', '.join(b['pairs'])}  {b['note']}")
         return 0  # listing works even when a baseline is broken; check/show on it exit 2
     if args.action == "show":
-        return _show(check.load_baseline(root, args.name))
+        return _show(baselines.load_baseline(root, args.name))
     raise UserError("baseline: choose an action: save, list or show")
 
 

@@ -85,19 +85,20 @@ def _speed_entries(doc: dict, args: argparse.Namespace) -> tuple[list, list]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtl_bench import check
+    from mtl_bench import baselines, check
 
-    root = args.baselines_dir or check.DEFAULT_BASELINES_DIR
-    doc = check.load_baseline(root, args.baseline)
+    root = args.baselines_dir or baselines.DEFAULT_BASELINES_DIR
+    doc = baselines.load_baseline(root, args.baseline)
     quality, speed = not args.only_speed, args.speed or args.only_speed
     base_speed, new_speed = _speed_entries(doc, args) if speed else ([], [])
-    new_runs, corrupt = check.load_new_runs(args.runs_dir) if quality else ([], [])
+    new_runs, corrupt = baselines.load_new_runs(args.runs_dir) if quality else ([], [])
 
     factors = check.Factors()
     alpha = check.DEFAULT_ALPHA
     factors_file = args.factors
     if factors_file is None:
-        default_file = check.baseline_path(root, args.baseline).with_name(check.FACTORS_FILE)
+        folder = baselines.baseline_path(root, args.baseline).parent
+        default_file = folder / check.FACTORS_FILE
         factors_file = default_file if default_file.is_file() else None
     if factors_file is not None:
         cfg = check.load_factors_file(factors_file)
