@@ -51,10 +51,30 @@ def pair_label(config: dict[str, Any]) -> str:
                          config.get("architecture") or "shared")
 
 
-def compact_run(record: dict[str, Any]) -> dict[str, Any]:
-    """What a baseline keeps of one run record (and what ``check`` compares)."""
+def reported(records: Sequence[dict[str, Any]], tuned: Sequence[str]
+             ) -> list[dict[str, Any]]:
+    """The records the report would report: grouped into settings and cells as ``aggregate``
+    groups them, with each tuned grid resolved to its chosen point (so a baseline of an lr grid
+    holds, like the report, one run per strategy and seed)."""
+    from mtl_bench.settings import prepare
+
+    return [r for s in prepare(records, tuned) for r in s.records]
+
+
+def compact_run(record: dict[str, Any], tuned: Sequence[str] = ()) -> dict[str, Any]:
+    """What a baseline keeps of one run record (and what ``check`` compares). Grid fields (the
+    learning rate and tuned hyper-parameters) are chosen on validation, not settings: they are
+    kept under ``grid`` and left out of the config that decides comparability."""
+    from mtl_bench.tuning import grid_point, tuned_params
+
     config = dict(record.get("config") or {})
     config.setdefault("task", record.get("task_pair"))
+    grid = grid_point(record, tuned)
+    config.pop("lr", None)
+    drop = tuned_params(str(config.get("strategy")), tuned)
+    if drop:
+        config["strategy_params"] = {k: v for k, v in (config.get("strategy_params") or {})
+                                     .items() if k not in drop}
     strategy = str(record.get("strategy"))
     if config.get("single_task"):
         strategy = f"single-task:{config['single_task']}"
@@ -72,6 +92,7 @@ def compact_run(record: dict[str, Any]) -> dict[str, Any]:
     tp = record.get("throughput") or {}
     prov = record.get("provenance") or {}
     out = {
+        "grid": grid,
         "run_id": record.get("run_id"),
         "task_pair": record.get("task_pair"),
         "pair": pair_label(config),
@@ -125,11 +146,12 @@ def baseline_path(root: str | Path, name: str) -> Path:
 
 
 def build_baseline(records: Sequence[dict[str, Any]], name: str, note: str = "",
-                   source: str = "", speed: Sequence[dict[str, Any]] | None = None
-                   ) -> dict[str, Any]:
+                   source: str = "", speed: Sequence[dict[str, Any]] | None = None,
+                   tuned: Sequence[str] = ()) -> dict[str, Any]:
     """Compact the run records of one run set (and its speed entries, when measured) into a
     baseline document."""
-    runs = [compact_run(r) for r in records]
+    tuned = list(tuned)
+    runs = [compact_run(r, tuned) for r in reported(records, tuned)]
     seen: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in runs:
         key = run_key(run)
@@ -289,4 +311,7 @@ def load_new_runs(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[tupl
     if not loaded.records:
         extra = f" ({len(loaded.corrupt)} corrupt)" if loaded.corrupt else ""
         raise UserError(f"no run records in '{store.root}'{extra}; nothing to check")
-    return [compact_run(r) for r in loaded.records], loaded.corrupt
+    from mtl_bench.tuning import read_spec
+
+    tuned = read_spec(store.root)
+    return [compact_run(r, tuned) for r in reported(loaded.records, tuned)], loaded.corrupt

@@ -16,9 +16,8 @@ import pytest
 from scipy import stats as sps
 
 from mtl_bench import aggregate as agg
-from mtl_bench import display, plots, sentences
+from mtl_bench import display, plots, sentences, stats
 from mtl_bench import speed as speed_stage
-from mtl_bench import stats
 from mtl_bench.report import Text, build_report
 
 PAIR = "toy"
@@ -30,7 +29,7 @@ TASKS = [{"name": "cls", "kind": "classification", "metrics": ["accuracy", "ece"
          {"name": "reg", "kind": "regression", "metrics": ["mae"], "primary": "mae"}]
 DIRECTIONS = {"accuracy": True, "ece": False, "mae": False}
 ACC, MAE, DM, RANK = "cls accuracy ↑", "reg mae ↓", "Δm% ↓", "mean rank ↓"
-SPEED_WORDS = re.compile(r"fast|slow|quick", re.IGNORECASE)
+SPEED_WORDS = re.compile(r"\b(?:fast|slow|quick)(?:er|est)?\b|speed-?up", re.IGNORECASE)
 
 
 def _record(label, seed, values, *, strategy=None, params=None, single_task=None,
@@ -115,19 +114,23 @@ def _best_claims(texts, label):
 
 
 # -- 1. a tie ---------------------------------------------------------------------------------
-def _two_leaders(alpha_acc, beta_acc, alpha_mae=(0.9, 0.95, 1.0), beta_mae=(0.9, 0.95, 1.0)):
-    """fixed (clearly worse), alpha and beta, single-task runs; per seed accuracy and MAE."""
+def _two_leaders(alpha_acc, beta_acc, alpha_mae=(0.9, 0.95, 1.0), beta_mae=(0.9, 0.95, 1.0),
+                 alpha_ece=(0.05,) * 3, beta_ece=(0.05,) * 3, metrics=()):
+    """fixed (clearly worse on everything), alpha and beta, single-task runs: per seed accuracy,
+    MAE and ECE of alpha and beta."""
     recs = []
     for seed in SEEDS:
-        recs.append(_record("fixed", seed, _values(0.70 + 0.01 * seed, 1.2 + 0.05 * seed)))
-        recs.append(_record("alpha", seed, _values(alpha_acc[seed], alpha_mae[seed])))
-        recs.append(_record("beta", seed, _values(beta_acc[seed], beta_mae[seed])))
+        recs.append(_record("fixed", seed, _values(0.70 + 0.01 * seed, 2.0 + 0.05 * seed, 0.2)))
+        recs.append(_record("alpha", seed, _values(alpha_acc[seed], alpha_mae[seed],
+                                                   alpha_ece[seed])))
+        recs.append(_record("beta", seed, _values(beta_acc[seed], beta_mae[seed],
+                                                  beta_ece[seed])))
         recs += _single_task(seed, 0.85, 1.0 + 0.05 * seed)
-    return recs
+    return agg.aggregate_records(recs, metrics=metrics)
 
 
 def test_an_exact_tie_is_bold_nowhere_and_shared_in_every_sentence(tmp_path):
-    tables = agg.aggregate_records(_two_leaders((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)))
+    tables = _two_leaders((1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
     summ = tables["summary"]
     top = summ[(summ["metric"] == "accuracy") & summ["strategy"].isin(["alpha", "beta"])]
     assert list(top["mean"]) == [1.0, 1.0] and not top["best"].any()
@@ -156,15 +159,15 @@ def test_an_exact_tie_is_bold_nowhere_and_shared_in_every_sentence(tmp_path):
 
 def test_a_near_tie_inside_the_interval_is_no_best_even_in_the_mean_rank():
     alpha_acc, beta_acc = (0.90, 0.91, 0.92), (0.905, 0.895, 0.925)
-    tables = agg.aggregate_records(_two_leaders(alpha_acc, beta_acc))
+    tables = _two_leaders(alpha_acc, beta_acc)
     alpha = _row(tables, "summary", "alpha", "accuracy")
     beta = _row(tables, "summary", "beta", "accuracy")
     # planted: beta trails alpha by a difference inside alpha's interval
     assert alpha["ci_low"] < beta["mean"] < alpha["mean"] < alpha["ci_high"]
     assert not alpha["best"] and not beta["best"]
     # ... which still orders the ranks of the means: the mean ranks differ
-    assert _row(tables, "ranks", "alpha")["mean_rank"] == 1.5
-    assert _row(tables, "ranks", "beta")["mean_rank"] == 2.0
+    assert _row(tables, "ranks", "alpha")["mean_rank"] == 1.25
+    assert _row(tables, "ranks", "beta")["mean_rank"] == 1.75
     dm_a, dm_b = _row(tables, "delta_m", "alpha"), _row(tables, "delta_m", "beta")
     assert dm_a["ci_low"] <= dm_b["mean"] <= dm_a["ci_high"]
 
@@ -175,7 +178,7 @@ def test_a_near_tie_inside_the_interval_is_no_best_even_in_the_mean_rank():
     everything = list(said.values())
     assert not _best_claims(everything, "alpha") and not _best_claims(everything, "beta")
     assert not any("clear of the runner-up" in t for t in everything)
-    assert ("no single strategy has the best mean rank: alpha has the lowest (1.50 over cls "
+    assert ("no single strategy has the best mean rank: alpha has the lowest (1.25 over cls "
             "accuracy, reg mae; 3 strategies ranked), but beta trails only by differences "
             "inside the intervals") in said["leaderboard"]
     assert "no single strategy has the lowest Δm%: alpha and beta lie within" \
@@ -184,39 +187,51 @@ def test_a_near_tie_inside_the_interval_is_no_best_even_in_the_mean_rank():
 
 
 def test_a_clear_winner_is_bold_and_called_best():
-    tables = agg.aggregate_records(_two_leaders((0.95, 0.96, 0.97), (0.80, 0.81, 0.82)))
+    tables = _two_leaders((0.95, 0.96, 0.97), (0.80, 0.81, 0.82))
     alpha = _row(tables, "summary", "alpha", "accuracy")
     assert alpha["best"] and alpha["ci_low"] > _row(tables, "summary", "beta", "accuracy")["mean"]
     text, bold = _board(tables)
     assert _bold_in(bold, ACC) == ["alpha"]
-    assert _bold_in(bold, RANK) == ["alpha"] and text.loc["alpha", RANK] == "1.50"
+    assert _bold_in(bold, RANK) == ["alpha"] and text.loc["alpha", RANK] == "1.25"
     assert _bold_in(bold, DM) == ["alpha"]
     assert _bold_in(bold, MAE) == []  # alpha and beta have the same MAE
     said = _sentences(tables)
     assert said["leaderboard"].startswith(
-        "alpha has the best mean rank (1.50 over cls accuracy, reg mae; 3 strategies ranked)")
+        "alpha has the best mean rank (1.25 over cls accuracy, reg mae; 3 strategies ranked)")
     assert "the lowest Δm% is alpha's (" in said["leaderboard"]
     assert "clear of the runner-up" in said["leaderboard"]
     assert "alpha has the best validation cls accuracy" in said["curves"]
     assert not _best_claims(list(said.values()), "beta")
 
 
-def test_a_mean_rank_lead_from_clear_wins_against_noisy_losses_is_best():
-    # alpha wins accuracy clearly; beta is ahead on MAE by less than its interval
-    tables = agg.aggregate_records(_two_leaders(
-        (0.95, 0.96, 0.97), (0.80, 0.81, 0.82), alpha_mae=(0.9, 1.0, 1.1),
-        beta_mae=(0.85, 1.0, 1.1)))
-    beta = _row(tables, "summary", "beta", "mae")
-    assert beta["best"] is False or not beta["best"]
-    assert _row(tables, "ranks", "alpha")["mean_rank"] == 1.5
-    assert _row(tables, "ranks", "beta")["mean_rank"] == 2.0
-    assert _bold_in(_board(tables)[1], RANK) == ["alpha"]
-    assert "alpha has the best mean rank" in _sentences(tables)["leaderboard"]
+@pytest.mark.parametrize("beta_mae,alpha_best", [
+    ((0.85, 0.95, 1.05), True),    # beta ahead on MAE inside its interval: alpha's lead is clear
+    ((0.50, 0.51, 0.52), False),   # beta clearly ahead on MAE: only ECE noise puts alpha ahead
+])
+def test_a_mean_rank_lead_is_best_only_when_it_does_not_rest_on_noise(beta_mae, alpha_best):
+    # summary metrics accuracy, ECE and MAE: alpha clearly ahead on accuracy, ahead on ECE by
+    # less than its interval; beta ahead on MAE (by less than its interval, or clearly)
+    tables = _two_leaders((0.95, 0.96, 0.97), (0.80, 0.81, 0.82), alpha_mae=(0.9, 1.0, 1.1),
+                          beta_mae=beta_mae, alpha_ece=(0.04, 0.05, 0.06),
+                          beta_ece=(0.05, 0.045, 0.062), metrics=("accuracy", "ece", "mae"))
+    ece_a, ece_b = (_row(tables, "summary", lb, "ece") for lb in ("alpha", "beta"))
+    assert ece_a["mean"] < ece_b["mean"] <= ece_a["ci_high"]
+    mae_b = _row(tables, "summary", "beta", "mae")
+    assert (_row(tables, "summary", "alpha", "mae")["mean"] > mae_b["ci_high"]) is not alpha_best
+    # the same mean ranks either way
+    assert _row(tables, "ranks", "alpha")["mean_rank"] == pytest.approx(4 / 3)
+    assert _row(tables, "ranks", "beta")["mean_rank"] == pytest.approx(5 / 3)
+    line = _sentences(tables)["leaderboard"]
+    assert _bold_in(_board(tables)[1], RANK) == (["alpha"] if alpha_best else [])
+    assert ("alpha has the best mean rank (1.33 over cls accuracy, cls ece, reg mae"
+            in line) is alpha_best
+    assert ("no single strategy has the best mean rank: alpha has the lowest (1.33" in line
+            and "beta trails only by differences inside the intervals" in line) is not alpha_best
 
 
 # -- 2. a speed difference inside noise --------------------------------------------------------
 #: the sweep's own timers: wildly different, and in the opposite order of the speed stage
-SWEEP_SPS = {"fixed": 100.0, "noisy": 50_000.0, "slow": 90_000.0, "quick": 1.0}
+SWEEP_SPS = {"fixed": 100.0, "wobbly": 50_000.0, "heavy": 90_000.0, "light": 1.0}
 
 
 def _speed_records():
@@ -250,29 +265,29 @@ def _clauses(line):
 def test_a_speed_difference_inside_noise_is_not_called_faster():
     speed = pd.DataFrame([
         _entry("fixed", 1.0, 1.0, 1.0),
-        _entry("noisy", 0.8, 0.6, 1.1),    # planted: 20% less step time, interval contains 1
-        _entry("slow", 1.3, 1.2, 1.5),     # control: interval above 1
-        _entry("quick", 0.7, 0.6, 0.8),    # control: interval below 1
+        _entry("wobbly", 0.8, 0.6, 1.1),    # planted: 20% less step time, interval contains 1
+        _entry("heavy", 1.3, 1.2, 1.5),     # control: interval above 1
+        _entry("light", 0.7, 0.6, 0.8),    # control: interval below 1
         # measurements of other settings must not be matched to this one
-        _entry("noisy", 0.5, 0.4, 0.6, batch=4 * BATCH),
-        _entry("slow", 0.5, 0.4, 0.6, pair="other"),
+        _entry("wobbly", 0.5, 0.4, 0.6, batch=4 * BATCH),
+        _entry("heavy", 0.5, 0.4, 0.6, pair="other"),
     ], columns=speed_stage.COLUMNS)
     tables = agg.aggregate_records(_speed_records(), speed=speed)
     sp = tables["speed"].set_index("strategy")
-    assert sorted(sp.index) == ["fixed", "noisy", "quick", "slow"]  # the others not matched
-    assert (sp.loc["noisy", "ratio_low"], sp.loc["noisy", "ratio_high"]) == (0.6, 1.1)
+    assert sorted(sp.index) == ["fixed", "heavy", "light", "wobbly"]  # the others not matched
+    assert (sp.loc["wobbly", "ratio_low"], sp.loc["wobbly", "ratio_high"]) == (0.6, 1.1)
     shown = display.speed_display(tables, PAIR).text.set_index("strategy")
-    assert shown.loc["noisy", "step time / fixed [95% CI]"] == "0.80× [0.60, 1.10]"
-    assert shown.loc["noisy", "verdict"] == speed_stage.NO_CLEAR
+    assert shown.loc["wobbly", "step time / fixed [95% CI]"] == "0.80× [0.60, 1.10]"
+    assert shown.loc["wobbly", "verdict"] == speed_stage.NO_CLEAR
     assert not display.speed_display(tables, PAIR).bold.to_numpy().any()
 
     line = _sentences(tables)["speed"]
     said = _clauses(line)
-    assert said == {"slower": ["slow"], "faster": ["quick"], "unclear": ["noisy"]}
-    assert "slow (1.30×)" in line and "quick (0.70×)" in line
+    assert said == {"slower": ["heavy"], "faster": ["light"], "unclear": ["wobbly"]}
+    assert "heavy (1.30×)" in line and "light (0.70×)" in line
     # fixed is the reference: not "no clear difference" from itself
     assert not re.search(r"\bfixed\b", line.split(": ", 1)[1].replace("fixed weights", ""))
-    # nothing else speaks of speed: the sweep's timers (noisy 500x fixed) are never ranked
+    # nothing else speaks of speed: the sweep's timers (wobbly at 500x fixed) are never ranked
     others = [t for k, t in _sentences(tables).items() if k != "speed"]
     assert not any(SPEED_WORDS.search(t) for t in others)
 

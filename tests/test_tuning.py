@@ -113,3 +113,20 @@ def test_tune_lr_then_report_reports_the_chosen_point_only(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "lr" in md and "Tuning" in md
     assert json.loads((runs / "tuning.json").read_text())["tuned"] == ["lr"]
+
+
+def test_a_tuned_sweep_gives_a_baseline_of_its_chosen_points_and_checks_clean(tmp_path, capsys):
+    runs, base = tmp_path / "runs", tmp_path / "baselines"
+    assert main(["run", "--strategy", "fixed,dwa", "--epochs", "2", "--tune", "lr", "--lr",
+                 "1e-3,1e-2", "--seeds", "2", "--jobs", "1", "--quiet", "--runs-dir",
+                 str(runs)]) == 0
+    assert main(["baseline", "save", "tuned", "--runs-dir", str(runs), "--baselines-dir",
+                 str(base)]) == 0
+    doc = json.loads((base / "tuned" / "baseline.json").read_text())
+    # one run per strategy and seed: the chosen lr's, as in the report
+    assert doc["n_runs"] == 4 and all("lr" not in r["config"] for r in doc["runs"])
+    assert {r["grid"]["lr"] for r in doc["runs"]} <= {1e-3, 1e-2}
+    capsys.readouterr()
+    assert main(["check", "--baseline", "tuned", "--baselines-dir", str(base), "--runs-dir",
+                 str(runs)]) == 0
+    assert "0 worse" in capsys.readouterr().err

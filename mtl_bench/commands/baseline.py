@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
         measured = read_speed(args.runs_dir)
         speed = measured["entries"] if measured else []
+        from mtl_bench.tuning import read_spec
+
         doc = baselines.build_baseline(loaded.records, args.name, args.note, str(args.runs_dir),
-                                   speed)
+                                       speed, read_spec(args.runs_dir))
         path = baselines.save_baseline(root, args.name, doc, force=args.force)
         n_failed = sum(r["status"] != "ok" for r in doc["runs"])
         print(f"saved baseline '{args.name}': {doc['n_runs']} runs ({n_failed} failed) and "
