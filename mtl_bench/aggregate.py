@@ -84,31 +84,23 @@ def _band(df: pd.DataFrame, keys: list[str], level: float) -> pd.DataFrame:
     half = stats.t_half_width(out["sd"].to_numpy(), out["n"].to_numpy(), level)
     out["ci_low"] = out["mean"] - half
     out["ci_high"] = out["mean"] + half
-    if METRIC in out:  # bands of bounded metrics stay in range: the same logit interval
-        unit = out[METRIC].map(lambda m: interval_kind(str(m)) == "unit").astype(bool)
-        if unit.any():
-            low, high = stats.logit_band(out.loc[unit, "mean"].to_numpy(),
-                                         out.loc[unit, "sd"].to_numpy(),
-                                         out.loc[unit, "n"].to_numpy(), level)
-            out.loc[unit, "ci_low"], out.loc[unit, "ci_high"] = low, high
+    if METRIC in out:  # bands stay inside each metric's range, as the tables' intervals do
+        for metric in out[METRIC].dropna().unique():
+            if metric in METRICS:
+                rows = out[METRIC] == metric
+                lo_b, hi_b = get_metric(metric).bounds
+                out.loc[rows, "ci_low"] = out.loc[rows, "ci_low"].clip(lower=lo_b, upper=hi_b)
+                out.loc[rows, "ci_high"] = out.loc[rows, "ci_high"].clip(lower=lo_b, upper=hi_b)
     return out
 
 
-def interval_kind(metric: str) -> str:
-    """How a metric's interval over seeds is formed: inside [0, 1] for unit metrics."""
-    try:
-        return "unit" if get_metric(metric).unit_interval else "unbounded"
-    except UserError:  # Delta_m% and other derived numbers
-        return "unbounded"
-
-
 def _cell(values: Sequence[float], ci: str, level: float, metric: str = "") -> dict[str, Any]:
-    iv = stats.interval_for(values, level, ci, interval_kind(metric))
-    low, high = iv.low, iv.high
-    if metric and interval_kind(metric) == "unbounded" and np.isfinite(low):
-        lo_b, hi_b = get_metric(metric).bounds if metric in METRICS else (-math.inf, math.inf)
-        low, high = max(low, lo_b), min(high, hi_b)  # an error is never negative
-    return {"n": iv.n, "mean": iv.mean, "sd": iv.sd, "ci_low": low, "ci_high": high,
+    """Mean and interval over seeds; a metric's interval never leaves the metric's range."""
+    if metric in METRICS:
+        iv = stats.bounded_interval(values, level, ci, get_metric(metric).bounds)
+    else:  # Delta_m% and other derived numbers
+        iv = stats.mean_ci(values, level, ci)
+    return {"n": iv.n, "mean": iv.mean, "sd": iv.sd, "ci_low": iv.low, "ci_high": iv.high,
             "ci_scale": iv.scale}
 
 
@@ -139,9 +131,10 @@ def aggregate_records(records: Sequence[dict[str, Any]],
 
     meta = {
         "ci": {"method": ci, "level": level, "bands": "t",
-               "bounded": "unit metrics: t-interval of the mean on the logit scale (delta "
-                          "method) with --ci t; percentile bootstrap with --ci bootstrap; "
-                          "errors (MAE, RMSE) clipped at 0; samples/s: log scale"},
+               "bounded": "t-intervals of bounded metrics are cut at the metric's bounds "
+                          "(accuracy-like and ECE at 0 and 1, errors at 0; ci_scale 'clipped'); "
+                          "the percentile bootstrap stays in range by itself; samples/s and "
+                          "speed ratios: log scale"},
         "alpha": alpha, "correction": "Holm across the strategies compared with the reference",
         "metrics": list(metrics), "tuned": list(tuned),
         "paired_test": {"wilcoxon_min_n": stats.WILCOXON_MIN_N, "small_n": stats.SIGN_FLIP,

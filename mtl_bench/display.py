@@ -270,7 +270,7 @@ def comparison_display(tables: Tables, label: str,
     rule = (meta.get("fields") or {}).get("select", "?")
     note = (f"Test split at the epoch selected on validation (rule '{rule}'); mean ± half-width "
             f"of the {level}% CI over seeds ({interval}), or mean [low, high] where the interval "
-            "is asymmetric (bounded metrics: logit scale, so it stays inside [0, 1]); bold: a "
+            "is asymmetric (cut at a bound the metric cannot cross, e.g. 1 for accuracy); bold: a "
             "single best among ranked strategies, clear of the runner-up (none on a tie); "
             f"Δm% and mean rank use {_metrics_sentence(summary_columns(tables, label))}")
     note += (f"; † differs from {meta['reference']} at Holm-adjusted p < "
@@ -335,7 +335,7 @@ def significance_display(tables: Tables, label: str, include_front: bool = False
         sig = sig[sig[ROLE] != FRONT]
     if sig.empty:
         return None
-    cols = [(t["name"], m) for t in meta["tasks"] for m in t["metrics"]]
+    cols = summary_columns(tables, label)  # the family the tests (and Holm) run over
     if (sig[METRIC] == DELTA_M).any():
         cols.append(("", DELTA_M))
     text_rows, bold_rows = [], []

@@ -305,8 +305,9 @@ def _err(mean: float, low: float, high: float) -> np.ndarray | None:
 # -- throughput --------------------------------------------------------------------------------
 def throughput_bars(tp: pd.DataFrame, setting: str, reference: str | None,
                     styles: dict[str, Style], phases: Sequence[str]) -> Figure:
-    """Samples per second per strategy (CI whiskers, step-time ratio to the reference written
-    at the bar) and the mean step time split into its phases."""
+    """The sweep's own timers: samples per second per strategy (log-scale CI whiskers) and the
+    mean step time split into its phases. Wall time under the sweep's concurrency: no ratios
+    and no ranking here (the speed stage's table makes speed comparisons)."""
     tp = tp.reset_index(drop=True)
     fig = new_figure(12, 1.2 + 0.45 * len(tp))
     ax_sps, ax_ms = fig.subplots(1, 2)
@@ -318,14 +319,11 @@ def throughput_bars(tp: pd.DataFrame, setting: str, reference: str | None,
                      zip(tp["samples_per_s"], tp["samples_per_s_high"])]])
     ax_sps.barh(y, tp["samples_per_s"], xerr=err, color=colours, capsize=3)
     xmax = float(np.nanmax(tp["samples_per_s"] + err[1])) if len(tp) else 1.0
-    for yi, (sps, ratio) in enumerate(zip(tp["samples_per_s"], tp["overhead"])):
-        if np.isfinite(sps) and np.isfinite(ratio):
-            ax_sps.text(xmax * 1.02, yi, f"{ratio:.2f}× step time", va="center", fontsize=8)
-    ax_sps.set_xlim(0, xmax * 1.45 if np.isfinite(xmax) and xmax > 0 else 1)
+    ax_sps.set_xlim(0, xmax * 1.1 if np.isfinite(xmax) and xmax > 0 else 1)
     ax_sps.set_yticks(y, tp["strategy"])
     ax_sps.invert_yaxis()
     ax_sps.set_xlabel("training throughput (samples/s)")
-    ax_sps.set_title(f"samples/s; ratio: step time / {reference or 'reference'}")
+    ax_sps.set_title("samples/s during the sweep (wall time, runs sharing the machine)")
     left = np.zeros(len(tp))
     for phase, colour in zip(phases, PHASE_COLOURS):
         vals = tp[phase].fillna(0).to_numpy(dtype=float)
@@ -337,7 +335,7 @@ def throughput_bars(tp: pd.DataFrame, setting: str, reference: str | None,
     ax_ms.set_title("step time by phase")
     for ax in (ax_sps, ax_ms):
         ax.grid(axis="x", alpha=0.3)
-    figure_title(fig, f"{setting}: throughput")
+    figure_title(fig, f"{setting}: sweep timers (descriptive, not a speed comparison)")
     outside_legend(fig, [ax_ms], "phase")
     return fig
 

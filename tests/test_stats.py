@@ -127,36 +127,49 @@ def test_interval_keeps_its_positional_fields():
 
 def test_bounded_interval_stays_in_unit_range_where_t_does_not():
     acc = [1.0, 1.0, 0.96]
-    assert stats.t_interval(acc).high > 1  # the problem: 0.987 ± 0.057
+    t = stats.t_interval(acc)
+    assert t.high > 1  # the problem: 0.987 ± 0.057
     iv = stats.bounded_interval(acc)
-    assert iv.scale == "logit" and iv.n == 3
+    assert iv.scale == "clipped" and iv.n == 3
     assert iv.mean == pytest.approx(np.mean(acc)) and iv.sd == pytest.approx(np.std(acc, ddof=1))
-    assert iv.low < iv.mean < iv.high <= 1.0
+    assert iv.low == pytest.approx(t.low) and iv.high == 1.0  # only the impossible part is cut
     ece = stats.bounded_interval([0.0, 0.02, 0.0])
-    assert 0.0 <= ece.low < ece.mean < ece.high <= 1.0
+    assert ece.low == 0.0 < ece.mean < ece.high <= 1.0 and ece.scale == "clipped"
     for const in ([1.0, 1.0, 1.0], [0.0, 0.0], [0.7, 0.7, 0.7]):
         iv = stats.bounded_interval(const)
         assert iv.low == iv.high == iv.mean == pytest.approx(const[0])
 
 
-def test_bounded_interval_by_hand():
-    # [0.2, 0.4, 0.6]: m = 0.4, sd = 0.2, se = 0.2 / sqrt(3); on the logit scale the centre is
-    # ln(0.4 / 0.6) and the half-width t_{0.975, 2} * se / (m (1 - m)) = 4.302653 * se / 0.24
+def test_bounded_interval_near_a_bound_stays_as_narrow_as_the_values():
+    # three seeds at 1, 1, 0.985: the interval must not balloon (a logit interval gave 0.72)
+    iv = stats.bounded_interval([1.0, 1.0, 0.985])
+    assert 0.96 < iv.low < iv.mean < iv.high == 1.0
+
+
+def test_bounded_interval_by_hand_and_with_other_bounds():
+    # [0.2, 0.4, 0.6]: 0.4 ± t_{0.975, 2} * 0.2 / sqrt(3) = 0.4 ± 0.4968 -> cut at 0 below
+    half = 4.302653 * 0.2 / math.sqrt(3)
     iv = stats.bounded_interval([0.2, 0.4, 0.6])
-    centre, half = math.log(0.4 / 0.6), 4.302653 * (0.2 / math.sqrt(3)) / 0.24
-    expit = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
-    assert iv.mean == pytest.approx(0.4)
-    assert (iv.low, iv.high) == pytest.approx((expit(centre - half), expit(centre + half)),
-                                              rel=1e-6)
-    # the same values in percent with bounds (0, 100): the same interval, scaled
+    assert (iv.low, iv.mean, iv.high) == pytest.approx((0.0, 0.4, 0.4 + half), rel=1e-6)
     pct = stats.bounded_interval([20.0, 40.0, 60.0], bounds=(0.0, 100.0))
-    assert (pct.low, pct.high) == pytest.approx((100 * iv.low, 100 * iv.high))
+    assert (pct.low, pct.high) == pytest.approx((0.0, 100 * (0.4 + half)))
+    # an error (bounded below only) is cut at 0 and nowhere else
+    mae = stats.bounded_interval([0.01, 0.5, 0.02], bounds=(0.0, math.inf))
+    assert mae.low == 0.0 and mae.high == pytest.approx(stats.t_interval([0.01, 0.5, 0.02]).high)
 
 
 def test_bounded_interval_matches_t_far_from_the_bounds():
     v = np.array([0.49, 0.50, 0.51, 0.50, 0.505])
     t, b = stats.t_interval(v), stats.bounded_interval(v)
-    assert (b.low, b.high) == pytest.approx((t.low, t.high), rel=1e-3)
+    assert (b.low, b.high) == (t.low, t.high) and b.scale == "linear"
+
+
+def test_clipped_band_matches_the_interval():
+    vals = [1.0, 1.0, 0.96]
+    low, high = stats.clipped_band(np.array([np.mean(vals)]), np.array([np.std(vals, ddof=1)]),
+                                   np.array([3]))
+    iv = stats.bounded_interval(vals)
+    assert (low[0], high[0]) == pytest.approx((iv.low, iv.high))
 
 
 def test_bounded_interval_edge_cases_and_bootstrap():
