@@ -208,8 +208,9 @@ def comparison_display(tables: Tables, label: str,
         cells = summ[summ[STRATEGY] == lb]
         name = lb + {REFERENCE: " (reference)", FRONT: " (front)"}.get(role, "")
         runs = _runs_of(tables, label, lb)
-        trow = {"strategy": name, "runs": _runs_text(*runs)}
-        brow = {"strategy": False, "runs": False}
+        trow = {"strategy": name, "runs": _runs_text(*runs),
+                "epoch": _selected_epoch(tables, label, lb)}
+        brow = {"strategy": False, "runs": False, "epoch": False}
         n_ok = runs[0] - runs[1] if role != SINGLE_TASK else None
         for task, metric in cols:
             key = f"{task} {metric} {arrow(meta['directions'].get(metric))}".strip()
@@ -268,7 +269,8 @@ def comparison_display(tables: Tables, label: str,
     level = int(round(tables.meta["ci"]["level"] * 100))
     interval = "t-interval" if method == "t" else "percentile bootstrap"
     rule = (meta.get("fields") or {}).get("select", "?")
-    note = (f"Test split at the epoch selected on validation (rule '{rule}'); mean ± half-width "
+    note = (f"Test split at the epoch selected on validation (rule '{rule}'; column epoch: "
+            "its mean over seeds); mean ± half-width "
             f"of the {level}% CI over seeds ({interval}), or mean [low, high] where the interval "
             "is asymmetric (cut at a bound the metric cannot cross, e.g. 1 for accuracy); bold: a "
             "single best among ranked strategies, clear of the runner-up (none on a tie); "
@@ -313,6 +315,16 @@ def mean_rank_top(tables: Tables, label: str) -> tuple[str | None, list[str], li
              and not any(clear_of(ld, lb) for ld in leaders)]
     best = leaders[0] if len(leaders) == 1 and not close else None
     return best, leaders, close
+
+
+def _selected_epoch(tables: Tables, label: str, lb: str) -> str:
+    """Mean epoch the cell's ok runs selected on validation."""
+    runs = tables["runs"]
+    if "selected_epoch" not in runs:
+        return ""
+    rs = runs[(runs[SETTING] == label) & (runs[STRATEGY] == lb) & (runs[STATUS] == "ok")]
+    epochs = pd.to_numeric(rs["selected_epoch"], errors="coerce").dropna()
+    return f"{epochs.mean():.1f}" if len(epochs) else ""
 
 
 def _rank_of(ranks: pd.DataFrame, lb: str) -> float:

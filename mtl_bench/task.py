@@ -571,6 +571,8 @@ class FrameTaskPair(TaskPair):
     regression_columns: ClassVar[tuple[str, ...]] = ()
     classification_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "ece")
     regression_metrics: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")
+    #: Column -> its primary metric (the others default as :class:`Task` says).
+    primary_metrics: ClassVar[dict[str, str]] = {}
 
     def load_frame(self) -> Any:
         """The whole table as a pandas DataFrame (must not need the network)."""
@@ -594,8 +596,10 @@ class FrameTaskPair(TaskPair):
     def tasks(self) -> tuple[Task, ...]:
         _, _, info = self._arrays()
         cls = [Task(c, CLASSIFICATION, max(2, len(info["classes"][c])),
-                    self.classification_metrics) for c in self.classification_columns]
-        reg = [Task(c, REGRESSION, 1, self.regression_metrics) for c in self.regression_columns]
+                    self.classification_metrics, primary=self.primary_metrics.get(c))
+               for c in self.classification_columns]
+        reg = [Task(c, REGRESSION, 1, self.regression_metrics,
+                    primary=self.primary_metrics.get(c)) for c in self.regression_columns]
         return (*cls, *reg)
 
     def load(self, seed: int) -> TaskData:
@@ -616,9 +620,12 @@ def frame_task_pair(name: str, frame_fn: Callable[[], Any], inputs: Sequence[str
                     regression: str | Sequence[str] | None = None, *, description: str = "",
                     epochs: int | None = None, batch_size: int | None = None,
                     lr: float | None = None, hidden: Sequence[int] | None = None,
+                    primary: dict[str, str] | None = None,
                     register: bool = True) -> type[FrameTaskPair]:
     """Make (and by default register under ``name``) a :class:`FrameTaskPair` whose data is
-    ``frame_fn()``, a pandas DataFrame; training defaults not given keep the base's values."""
+    ``frame_fn()``, a pandas DataFrame; training defaults not given keep the base's values.
+    ``primary`` names a task's primary metric by its column (``{"body_mass_g": "rmse"}``):
+    the metric that drives selection, Delta_m% and ranks (default accuracy / MAE)."""
     from mtl_bench.registry import register_task
 
     cls_cols, reg_cols = _as_columns(classification), _as_columns(regression)
@@ -639,6 +646,18 @@ def frame_task_pair(name: str, frame_fn: Callable[[], Any], inputs: Sequence[str
             attrs[key] = value
     if hidden is not None:
         attrs["hidden"] = tuple(hidden)
+    if primary:
+        unknown = sorted(set(primary) - set(cls_cols) - set(reg_cols))
+        if unknown:
+            raise UserError(f"task pair '{name}': primary names {', '.join(unknown)}, which are "
+                            "not its classification or regression columns")
+        for col, metric in primary.items():
+            allowed = (FrameTaskPair.classification_metrics if col in cls_cols
+                       else FrameTaskPair.regression_metrics)
+            if metric not in allowed:
+                raise UserError(f"task pair '{name}': primary metric '{metric}' of '{col}' is "
+                                f"not one of its metrics ({', '.join(allowed)})")
+        attrs["primary_metrics"] = dict(primary)
     cls = type(f"FramePair_{name.replace('-', '_')}", (FrameTaskPair,), attrs)
     if register:
         return register_task(name)(cls)

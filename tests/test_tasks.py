@@ -414,3 +414,23 @@ def test_the_documented_plugin_example_runs(tmp_path):
         assert rec["status"] == "ok", rec.get("reason")
     finally:
         registry.tasks.unregister("my-pair")
+
+
+def test_frame_pair_primary_metrics_drive_selection_and_are_validated():
+    import pandas as pd
+
+    from mtl_bench.errors import UserError
+    from mtl_bench.task import frame_task_pair
+
+    frame = pd.DataFrame({"x": [0.0, 1.0] * 20, "c": ["a", "b"] * 20, "y": [0.0, 1.0] * 20})
+    cls = frame_task_pair("t-primary", lambda: frame, inputs=["x"], classification="c",
+                          regression="y", primary={"y": "rmse", "c": "macro_f1"},
+                          register=False)
+    tasks = {t.name: t.primary for t in cls().tasks()}
+    assert tasks == {"c": "macro_f1", "y": "rmse"}
+    with pytest.raises(UserError, match="primary metric 'auroc' of 'c'"):
+        frame_task_pair("t-bad", lambda: frame, inputs=["x"], classification="c",
+                        primary={"c": "auroc"}, register=False)
+    with pytest.raises(UserError, match="primary names z"):
+        frame_task_pair("t-bad", lambda: frame, inputs=["x"], classification="c",
+                        primary={"z": "mae"}, register=False)
