@@ -115,7 +115,7 @@ def fmt_number(x: float, half: float = math.nan) -> str:
     one, three significant digits of the value."""
     if x is None or not np.isfinite(x):
         return "-"
-    if half is not None and np.isfinite(half) and half > 0:
+    if half is not None and np.isfinite(half) and half > 1e-9 * max(1.0, abs(x)):
         decimals = int(min(6, max(0, 1 - math.floor(math.log10(half)))))
         return f"{x:,.{decimals}f}"
     a = abs(x)
@@ -134,6 +134,8 @@ def fmt_ci(mean: float, low: float, high: float, method: str = "t") -> str:
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
         return fmt_number(mean)
     half = (high - low) / 2
+    if half <= 1e-9 * max(1.0, abs(mean)):  # no spread over seeds (up to rounding)
+        return f"{fmt_number(mean)} ± 0"
     symmetric = abs((mean - low) - (high - mean)) <= 0.05 * max(high - low, 1e-300)
     if method == "t" and symmetric:
         return f"{fmt_number(mean, half)} ± {fmt_number(half, half)}"

@@ -431,6 +431,8 @@ def _report(runs_dir: Path, out: Path, quiet: bool, records: list[dict[str, Any]
             print(f"note: speed: {note}", file=sys.stderr)
     except UserError as exc:
         print(f"note: no speed measured: {exc}", file=sys.stderr)
+    except OSError as exc:  # speed.json could not be written: the report goes on without it
+        print(f"note: speed not saved in {runs_dir}/: {exc.strerror or exc}", file=sys.stderr)
     try:
         tables = aggregate_to(runs_dir, out / "tables", "t", 0.95, 0.05, quiet)
         files = write_report(tables, out)
