@@ -34,6 +34,17 @@ BASELINE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 BASELINE_FILE = "baseline.json"
 DEFAULT_BASELINES_DIR = Path("results") / "baselines"
+#: The committed baselines of the source tree this package runs from (an editable install).
+PROJECT_BASELINES_DIR = Path(__file__).resolve().parent.parent / DEFAULT_BASELINES_DIR
+
+
+def default_baselines_dir() -> Path:
+    """``results/baselines`` of the current folder when it has one (a project of your own),
+    else the committed baselines of the mtl-bench source tree, so `check --baseline default`
+    works from any folder."""
+    if DEFAULT_BASELINES_DIR.is_dir() or not PROJECT_BASELINES_DIR.is_dir():
+        return DEFAULT_BASELINES_DIR
+    return PROJECT_BASELINES_DIR
 
 #: Config keys that say where a run ran, not what it computed (placement changes speed only).
 PLACEMENT_KEYS = ("device", "threads")

@@ -585,3 +585,13 @@ def test_broken_strategy_trained_for_real_fails_the_check(dirs, capsys):
     assert marks[(PROBE, "body_mass.mae")] == "+" and marks[(PROBE, "body_mass.rmse")] == "+"
     assert not any(s == "fixed" for s, _ in marks)
     assert f"worse: clsreg / {PROBE} / body_mass.mae" in err
+
+
+def test_the_committed_baselines_are_found_from_any_folder(tmp_path, monkeypatch):
+    from mtl_bench import baselines as bl
+
+    monkeypatch.chdir(tmp_path)  # no results/ here
+    assert bl.default_baselines_dir() == bl.PROJECT_BASELINES_DIR
+    assert (bl.default_baselines_dir() / "quick" / "baseline.json").is_file()
+    (tmp_path / "results" / "baselines").mkdir(parents=True)  # a project with its own
+    assert bl.default_baselines_dir() == bl.DEFAULT_BASELINES_DIR

@@ -30,13 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     show.add_argument("name")
     for sp in (save, listing, show):
         sp.add_argument("--baselines-dir", default=None,
-                        help="where baselines live (default: results/baselines)")
+                        help="where baselines live (default: ./results/baselines when it "
+                             "exists, else those of the mtl-bench source tree)")
 
 
 def run(args: argparse.Namespace) -> int:
     from mtl_bench import baselines
 
-    root = getattr(args, "baselines_dir", None) or baselines.DEFAULT_BASELINES_DIR
+    root = getattr(args, "baselines_dir", None) or baselines.default_baselines_dir()
     if args.action == "save":
         baselines.check_name(args.name)
         from mtl_bench.store import RunStore

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "profile's is 'quick')")
     p.add_argument("--runs-dir", default="runs", help="the new runs (default: runs/)")
     p.add_argument("--baselines-dir", default=None,
-                   help="where baselines live (default: results/baselines)")
+                   help="where baselines live (default: ./results/baselines when it exists, "
+                        "else the committed baselines of the mtl-bench source tree)")
     p.add_argument("--factor", default=None,
                    help="relative change a row may show before it can be marked: 0.1 or 10%% "
                         "(default: the baseline's check.toml, else 10%%)")
@@ -87,7 +88,7 @@ def _speed_entries(doc: dict, args: argparse.Namespace) -> tuple[list, list]:
 def run(args: argparse.Namespace) -> int:
     from mtl_bench import baselines, check
 
-    root = args.baselines_dir or baselines.DEFAULT_BASELINES_DIR
+    root = args.baselines_dir or baselines.default_baselines_dir()
     doc = baselines.load_baseline(root, args.baseline)
     quality, speed = not args.only_speed, args.speed or args.only_speed
     base_speed, new_speed = _speed_entries(doc, args) if speed else ([], [])
