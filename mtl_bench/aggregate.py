@@ -172,13 +172,24 @@ def aggregate_dir(runs_dir: str | Path, ci: str = "t", level: float = 0.95,
             f" ({len(loaded.corrupt)} corrupt file(s), e.g. {loaded.corrupt[0][0]}: "
             f"{loaded.corrupt[0][1]})" if loaded.corrupt else "; run `mtl-bench run` first"))
     tuned = list(dict.fromkeys([*read_spec(root), *tuned]))
-    records = loaded.records
-    if setting is not None:
-        records = one_setting(records, tuned, setting, RunStore(root))
-    tables = aggregate_records(records, loaded.corrupt, ci, level, alpha, tuned,
+    label = one_setting(loaded.records, tuned, setting, RunStore(root)) if setting else None
+    tables = aggregate_records(loaded.records, loaded.corrupt, ci, level, alpha, tuned,
                                metrics, load_speed(root))
     tables.meta["runs_dir"] = str(root)
-    return tables
+    return tables if label is None else _only(tables, label, alpha)
+
+
+def _only(tables: Tables, label: str, alpha: float) -> Tables:
+    """The tables of one setting, labelled as among all (the label says what sets it apart)."""
+    frames = {name: df[df[SETTING] == label].reset_index(drop=True) if SETTING in df else df
+              for name, df in tables.frames.items()}
+    frames["cross_pair"], friedman = _cross_pair(frames["ranks"], alpha)
+    runs = frames["runs"]
+    meta = {**tables.meta, "settings": [s for s in tables.meta["settings"]
+                                        if s["label"] == label], "friedman": friedman,
+            "n_records": len(runs), "n_ok": int((runs[STATUS] == "ok").sum()),
+            "n_failed": int((runs[STATUS] != "ok").sum()), "setting": label}
+    return Tables(meta, frames)
 
 
 def _speed_table(settings: list[Setting], speed: pd.DataFrame | None) -> pd.DataFrame:

@@ -339,14 +339,14 @@ def _link_baselines(settings: list[Setting]) -> None:
 
 
 def one_setting(records: list[dict[str, Any]], tuned: Sequence[str], wanted: str,
-                 store: Any) -> list[dict[str, Any]]:
-    """The records of the one setting ``wanted`` names (its label, or a task pair with a single
+                 store: Any) -> str:
+    """The label of the one setting ``wanted`` names (its label, or a task pair with a single
     setting); a name that fits several settings stops with the settings and their files."""
     settings = group_settings(records, tuned)
     exact = [s for s in settings if s.label == wanted]
     found = exact or [s for s in settings if s.task_pair == wanted]
     if len(found) == 1:
-        return found[0].all_records
+        return found[0].label
     if not found:
         raise UserError(f"--setting '{wanted}' names no setting here; settings: "
                         + "; ".join(s.label for s in settings))

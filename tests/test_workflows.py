@@ -180,3 +180,17 @@ def test_killing_report_leaves_no_truncated_figure(tmp_path):
     for png in pngs:
         image.imread(png)  # a truncated PNG would fail to decode
     json.loads((out / "tables" / "meta.json").read_text())
+
+
+def test_one_setting_by_label_and_an_ambiguous_name(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    cli("run", "--strategy", "fixed,dwa", "--epochs", "2", "--quiet", "--runs-dir", runs)
+    cli("run", "--strategy", "fixed", "--epochs", "3", "--quiet", "--runs-dir", runs)
+    bad = cli("report", "--runs-dir", runs, "--out", out, "--setting", "clsreg", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "ambiguous" in bad.stderr and "clsreg [epochs=2]" in bad.stderr
+    assert str(runs / "clsreg") in bad.stderr  # the files are named
+    cli("report", "--runs-dir", runs, "--out", out, "--setting", "clsreg [epochs=2]")
+    tables = agg.Tables.read(out / "tables")
+    assert [s["label"] for s in tables.meta["settings"]] == ["clsreg [epochs=2]"]
+    assert set(tables["runs"]["strategy"]) == {"fixed", "dwa"}
