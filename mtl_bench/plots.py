@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import textwrap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from mtl_bench.store import atomic_write_bytes
 
 #: Okabe & Ito (2008), "Color Universal Design"; yellow last: faint on white, used on overflow.
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
@@ -441,37 +440,6 @@ def cd_diagram(avg_ranks: dict[str, float], cd: float, cliques: Sequence[Sequenc
 
 
 # -- saving ------------------------------------------------------------------------------------
-def _file_mode() -> int:
-    """The mode a plain ``open(path, "w")`` would give: 0o666 less the user's umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file in ``path``'s folder, then rename it to ``path``.
-
-    A writer that raises, or a process killed half-way, leaves ``path`` as it was (absent or the
-    previous complete file) and no temporary file behind (short of a kill, which leaves a hidden
-    ``.NAME.*.tmp`` that the next report removes). The file gets the mode a plain write would
-    give (the umask applies), not the private mode of a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save(fig: Figure, stem: Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.svg``, each atomically (:func:`atomic_write_bytes`);
     reproducible (no date, fixed SVG id salt)."""

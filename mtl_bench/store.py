@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -46,12 +46,21 @@ def _umask() -> int:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and rename (atomic on POSIX). The file
     gets the mode an ordinary write would give it (0o666 less the umask), not mkstemp's 0o600."""
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_write_bytes(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, then rename it to ``path``.
+
+    A writer that raises, or a process killed half-way, leaves ``path`` as it was (absent or the
+    previous complete file); a raising writer leaves no temporary file (a kill leaves a hidden
+    ``.NAME.*.tmp``). The file gets the mode a plain write would give (the umask applies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb") as fh:
             os.chmod(tmp, 0o666 & ~_umask())
-            fh.write(text)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

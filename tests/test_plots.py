@@ -13,7 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from mtl_bench import plot_training, plots
+from mtl_bench import plot_training, plots, store
 
 
 # -- the fixed-weight front --------------------------------------------------------------------
@@ -238,12 +238,12 @@ def test_atomic_write_leaves_no_partial_file_when_the_writer_raises(tmp_path):
         raise RuntimeError("killed while drawing")
 
     with pytest.raises(RuntimeError):
-        plots.atomic_write_bytes(path, broken)
+        store.atomic_write_bytes(path, broken)
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
     path.write_bytes(b"the previous complete figure")
     with pytest.raises(RuntimeError):
-        plots.atomic_write_bytes(path, broken)
+        store.atomic_write_bytes(path, broken)
     assert path.read_bytes() == b"the previous complete figure"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
 
