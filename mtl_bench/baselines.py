@@ -47,7 +47,7 @@ def default_baselines_dir() -> Path:
     return PROJECT_BASELINES_DIR
 
 #: Config keys that say where a run ran, not what it computed (placement changes speed only).
-PLACEMENT_KEYS = ("device", "threads")
+PLACEMENT_KEYS = ("device", "threads", "cuda_graph")
 #: Config keys that do not change results (diagnostics run outside the timed phases).
 IGNORED_KEYS = ("diag_every",)
 

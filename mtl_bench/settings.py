@@ -47,12 +47,12 @@ RANKED_ROLES = (REFERENCE, METHOD)
 
 #: Config fields that do not make a setting: the cell (strategy and its hyper-parameters, the
 #: single task), the replicate (seed), the grid to select over (learning rate), and placement
-#: (where and how fast a run went: device, threads, diagnostics cadence). Every other config
-#: field (epochs, batch size, weight decay, sampling, selection rule, task options,
+#: (where and how fast a run went: device, threads, diagnostics cadence, CUDA graphs). Every
+#: other config field (epochs, batch size, weight decay, sampling, selection rule, task options,
 #: architecture, and any field added later) makes a setting.
 CELL_FIELDS = frozenset({"task", "strategy", "strategy_params", "seed", "single_task"})
 GRID_FIELDS = frozenset({"lr"})
-PLACEMENT_FIELDS = frozenset({"device", "threads", "diag_every"})
+PLACEMENT_FIELDS = frozenset({"device", "threads", "diag_every", "cuda_graph"})
 NOT_SETTING_FIELDS = CELL_FIELDS | GRID_FIELDS | PLACEMENT_FIELDS
 #: Setting fields the label always shows in its own way (options in brackets, architecture).
 LABEL_FIELDS = frozenset({"task_options", "architecture"})

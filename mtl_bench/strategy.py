@@ -145,6 +145,12 @@ class Strategy(nn.Module):
     summary: ClassVar[str] = ""
     #: True when permuting the tasks permutes the weights the same way (checked by the suite).
     permutation_invariant: ClassVar[bool] = False
+    #: Seed batching may run K instances as one (mtl_bench.batched): combine and after_step
+    #: are pure tensor code updating state in place (vmappable), or combine_seeds is defined.
+    batchable: ClassVar[bool] = False
+    #: ``run --cuda-graph`` may capture the step: combine and after_step are pure tensor code
+    #: with static shapes, no host reads, and state updated in place (epoch-end hooks too).
+    graph_safe: ClassVar[bool] = False
 
     #: Where the harness must take task gradients before calling combine (None: not needed).
     grad_source: str | None = None

@@ -1,49 +1,32 @@
-"""Expand a grid of runs, skip the finished ones, execute the rest and store each record.
+"""Expand a grid of runs, skip the finished ones, hand the rest to an executor and store each
+record.
 
-Workers (local processes, or Dask workers) return run records to the client, which writes them
-through the store; so a cluster needs no shared file system, every write stays atomic and a
-worker that dies never leaves a half-written record behind.
-
-Local execution (``--jobs N``) keeps N long-lived worker processes, each running one run at a
-time, so the parent always knows which run a worker holds: a worker that dies (segfault, out of
-memory, killed) turns that run into a failed record and a fresh worker takes its place.
+Executors (this process, local worker processes, GPU workers, Dask; :mod:`mtl_bench.executors`)
+return run records to the client, which writes them through the store; so a cluster needs no
+shared file system, every write stays atomic and a worker that dies never leaves a
+half-written record behind.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import multiprocessing as mp
-import os
-import signal
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import wait as wait_ready
-from pathlib import Path
 from typing import Any, TextIO
 
 from mtl_bench import registry
 from mtl_bench.errors import UserError
-from mtl_bench.metrics import get_metric
+from mtl_bench.executors import make_executor
+from mtl_bench.executors.base import Executor, Finish
 from mtl_bench.store import RunStore
-from mtl_bench.train import (
-    SCHEMA_VERSION,
-    RunConfig,
-    build_task_pair,
-    current_code,
-    train_run,
-    validate,
-)
+from mtl_bench.train import RunConfig, build_task_pair, current_code, validate
 
 #: Default ``--tune lr`` grid: these factors times the task pair's default learning rate.
 TUNE_LR_FACTORS = (1 / 3, 1.0, 3.0)
-
-Finish = Callable[[RunConfig, dict[str, Any]], None]
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -343,45 +326,6 @@ def describe(c: RunConfig, with_lr: bool = False) -> str:
     return f"{c.task} {c.strategy_label}{lr} seed {c.seed}"
 
 
-def failed_record(config: RunConfig, reason: str, wall_s: float = 0.0,
-                  failure: str = "worker") -> dict[str, Any]:
-    """The record of a run that produced none itself (its worker died or was killed).
-
-    It carries the same keys and the same identity (config, code hashes, tasks) as a failed
-    record from ``train_run``, so every later stage reads it like any other failure and a dead
-    worker is one failed cell, never a blocked report.
-    """
-    resolved = config.resolved()
-    try:
-        pair = build_task_pair(resolved.task, resolved.task_options)
-        tasks = [t for t in pair.tasks() if resolved.single_task in (None, t.name)]
-    except UserError:
-        tasks = []
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": resolved.run_id,
-        "config": resolved.to_dict(),
-        "task_pair": resolved.task,
-        "strategy": resolved.strategy_label,
-        "seed": resolved.seed,
-        "tasks": [{"name": t.name, "kind": t.kind, "metrics": list(t.metrics),
-                   "primary": t.primary} for t in tasks],
-        "metric_directions": {m: get_metric(m).higher_is_better for t in tasks
-                              for m in t.metrics},
-        "code": current_code(resolved),
-        "status": "failed",
-        "failure": failure,
-        "reason": reason,
-        "wall_s": wall_s,
-        "selected_epoch": 0,
-        "curves": {"columns": ["epoch", "split", "task", "metric", "value"], "rows": []},
-        "weights": {"tasks": [], "steps_per_epoch": 0, "values": []},
-        "diagnostics": [],
-        "throughput": {},
-        "summary": [],
-    }
-
-
 # -- progress ----------------------------------------------------------------------------------
 class Progress:
     """One overall line per finished run: [done/total] what, status, time, ETA."""
@@ -413,223 +357,27 @@ class Progress:
               file=self.stream, flush=True)
 
 
-# -- plug-ins in worker processes --------------------------------------------------------------
-def plugin_sources(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
-    """(file name, source) of each ``--plugin`` file, to load again inside every worker."""
-    return [(Path(p).name, Path(p).read_text()) for p in paths]
-
-
-_loaded_plugins: set[str] = set()
-
-
-def ensure_plugins(plugins: Sequence[tuple[str, str]]) -> None:
-    """Register plug-in files in this (worker) process once; a Dask worker may have no copy of
-    the client's files, so the source travels with the task."""
-    for name, source in plugins:
-        key = f"{name}:{hash(source)}"
-        if key in _loaded_plugins:
-            continue
-        folder = Path(tempfile.mkdtemp(prefix="mtl-bench-plugin-"))
-        path = folder / name
-        path.write_text(source)
-        registry.load_plugin_file(path)
-        _loaded_plugins.add(key)
-
-
-# -- local worker processes --------------------------------------------------------------------
-def _exit_with_parent(parent_pid: int) -> None:
-    # A worker whose sweep was killed (kill -9) would otherwise finish its run for nobody. Its
-    # OS parent is the fork server (which exits with the sweep) or the sweep itself.
-    ppid = os.getppid()
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(parent_pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:  # the pid now belongs to another user's process
-            os._exit(1)
-        if os.getppid() != ppid:
-            os._exit(1)
-
-
-def _worker_main(conn: Any, parent_pid: int, plugins: list[tuple[str, str]]) -> None:
-    """Loop of one worker process: receive a config, send back ("record", record)."""
-    # Ctrl-C in a terminal reaches the whole process group; the parent alone decides how to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    try:
-        registry.load_builtins()  # once per worker, so it does not count against a run's time
-        ensure_plugins(plugins)
-    except UserError as exc:
-        conn.send(("user_error", str(exc)))
-        return
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        config, max_seconds = msg
-        conn.send(("started", None))  # the run's clock starts now, not at process start-up
-        try:
-            conn.send(("record", train_run(config, max_seconds=max_seconds)))
-        except UserError as exc:
-            conn.send(("user_error", str(exc)))
-        except Exception as exc:  # train_run records its own failures; this is a last resort
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-
-
-@dataclass
-class _Worker:
-    process: Any
-    conn: Any
-    config: RunConfig | None = None
-    started: float = 0.0
-    running: bool = False
-
-
-def _death_reason(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"worker process died from {name}{hint}"
-    return f"worker process exited with code {exitcode}"
-
-
-def hard_deadline(max_seconds: float | None) -> float | None:
-    """Seconds after which a worker still busy with one run is killed: ``train_run`` checks
-    ``--max-run-seconds`` between steps, so this only catches a run stuck inside one step or
-    in data loading (grace: as long again, at least 30 s)."""
-    if max_seconds is None:
-        return None
-    return max_seconds + max(30.0, max_seconds)
-
-
-#: Modules the fork server imports once, so that each worker starts in a fraction of a second
-#: instead of importing torch again.
-PRELOAD = ["mtl_bench.train", "mtl_bench.sweep"]
-
-
-def _context() -> Any:
-    """Never a plain fork of this process (torch may already run threads here): a fork server
-    that imported torch before any thread started, or spawn where there is none (Windows)."""
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
-        return ctx
-    return mp.get_context("spawn")
-
-
-def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
-              max_seconds: float | None = None,
-              plugins: Sequence[tuple[str, str]] = ()) -> None:
-    """Run ``configs`` in ``jobs`` worker processes; ``finish`` gets each record in the parent.
-
-    A worker that dies becomes a failed record for the run it held; KeyboardInterrupt (or any
-    error in ``finish``) stops every worker before it propagates.
-    """
-    ctx = _context()
-    queue = deque(configs)
-    workers: list[_Worker] = []
-    deadline = hard_deadline(max_seconds)
-
-    def start() -> _Worker:
-        parent_conn, child_conn = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(child_conn, os.getpid(), list(plugins)),
-                           daemon=True, name="mtl-bench-worker")
-        proc.start()
-        child_conn.close()
-        return _Worker(proc, parent_conn)
-
-    def replace_worker(w: _Worker) -> None:
-        _stop(w, force=True)
-        if queue:
-            workers[workers.index(w)] = start()
-        else:  # nothing left for a new worker to do
-            workers.remove(w)
-
-    try:
-        for _ in range(min(jobs, len(queue))):
-            workers.append(start())
-        while True:
-            for w in workers:
-                if w.config is None and queue:
-                    w.config, w.started, w.running = queue.popleft(), time.monotonic(), False
-                    w.conn.send((w.config, max_seconds))
-            busy = [w for w in workers if w.config is not None]
-            if not busy:
-                break
-            ready = set(wait_ready([w.conn for w in busy] + [w.process.sentinel for w in busy],
-                                   timeout=1.0))
-            for w in busy:
-                config = w.config
-                assert config is not None
-                if w.conn in ready or w.process.sentinel in ready:
-                    try:
-                        kind, payload = w.conn.recv() if w.conn.poll() else (None, None)
-                    except (EOFError, OSError):
-                        kind, payload = None, None
-                    if kind == "started":
-                        w.started, w.running = time.monotonic(), True
-                        continue
-                    if kind is None:  # the process is gone without an answer
-                        w.process.join(timeout=5)
-                        reason = _death_reason(w.process.exitcode)
-                        replace_worker(w)
-                        finish(config, failed_record(config, reason,
-                                                     time.monotonic() - w.started))
-                        continue
-                    w.config = None
-                    if kind == "user_error":
-                        raise UserError(payload)
-                    if kind == "error":
-                        payload = failed_record(config, payload, time.monotonic() - w.started,
-                                                failure="error")
-                    finish(config, payload)
-                elif (deadline is not None and w.running
-                      and time.monotonic() - w.started > deadline):
-                    replace_worker(w)
-                    finish(config, failed_record(
-                        config, f"exceeded --max-run-seconds {max_seconds:g}; worker killed "
-                                f"after {deadline:.0f}s", time.monotonic() - w.started,
-                        failure="timeout"))
-    finally:
-        for w in workers:
-            _stop(w, force=w.config is not None)
-
-
-def _stop(w: _Worker, force: bool) -> None:
-    """End one worker: politely when idle, SIGTERM (then SIGKILL) when it holds a run."""
-    try:
-        if not force and w.process.is_alive():
-            try:
-                w.conn.send(None)
-            except OSError:
-                force = True
-        if force and w.process.is_alive():
-            w.process.terminate()
-        w.process.join(timeout=5)
-        if w.process.is_alive():
-            w.process.kill()
-            w.process.join(timeout=5)
-    finally:
-        w.conn.close()
+# -- execution ---------------------------------------------------------------------------------
+def _sweep_device(configs: Sequence[RunConfig]) -> str:
+    """The device that places the workers: the configs' one device; ``cuda`` where some say
+    ``cuda`` (only those are placed); else ``cpu``."""
+    devices = {c.device for c in configs}
+    if len(devices) == 1:
+        return devices.pop()
+    return "cuda" if "cuda" in devices else "cpu"
 
 
 def execute(configs: Sequence[RunConfig], store: RunStore, jobs: int = 1,
             max_seconds: float | None = None, quiet: bool = False,
-            on_record: Finish | None = None, executor: str = "local",
+            on_record: Finish | None = None, executor: str | Executor = "local",
             scheduler: str | None = None, plugins: Sequence[tuple[str, str]] = (),
-            progress: Progress | None = None) -> Progress:
+            progress: Progress | None = None, seed_batch: int = 1) -> Progress:
     """Run every config, writing each record as soon as it arrives.
 
-    ``jobs == 1`` runs in this process; more runs in worker processes (or on Dask with
-    ``executor="dask"``). Records are written here, in the client, one atomic write each.
+    ``executor`` names one (:func:`~mtl_bench.executors.make_executor`: ``jobs == 1`` runs in
+    this process, more in worker processes, placed on GPUs when the configs say ``cuda``;
+    ``dask`` on a cluster) or is an :class:`~mtl_bench.executors.base.Executor` itself.
+    Records are written here, in the client, one atomic write each.
     """
     progress = progress or Progress(len(configs), quiet)
 
@@ -639,25 +387,9 @@ def execute(configs: Sequence[RunConfig], store: RunStore, jobs: int = 1,
         if on_record is not None:
             on_record(config, record)
 
-    if executor == "dask":
-        from mtl_bench.dask_executor import run_on_dask
-
-        run_on_dask(configs, finish, scheduler, max_seconds, jobs, plugins)
-    elif executor != "local":
-        raise UserError(f"unknown executor '{executor}'; choose from: local, dask")
-    elif jobs <= 1 or len(configs) <= 1:
-        for c in configs:
-            finish(c, train_run(c, max_seconds=max_seconds))
-    else:
-        run_local(configs, finish, jobs, max_seconds, plugins)
+    if isinstance(executor, str):
+        n_jobs = len(configs) if seed_batch <= 1 else -(-len(configs) // seed_batch)
+        executor = make_executor(executor, min(jobs, max(n_jobs, 1)), _sweep_device(configs),
+                                 max_seconds, plugins, scheduler, seed_batch)
+    executor.run(configs, finish)
     return progress
-
-
-def default_jobs() -> int:
-    """The cores this process may use (its CPU affinity where the OS tells it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-

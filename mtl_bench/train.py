@@ -1,8 +1,9 @@
 """One training run: config in, run record (a JSON-able dict) out.
 
-The loop owns forward, backward, every optimiser step and the timing of each phase for all
-strategy families; it never looks at a strategy's or task pair's name, only at the protocol
-attributes (``grad_source``) and at what ``combine`` returns.
+The loop hands each batch to the training step (:mod:`mtl_bench.step`: forward, backward, the
+optimiser step and the phase marks for all strategy families) and reads the device back only at
+its read points (:mod:`mtl_bench.clock`): the phase times, the divergence check and the gradient
+diagnostics of the steps since the last one. It never looks at a strategy's or task pair's name.
 """
 
 from __future__ import annotations
@@ -19,19 +20,30 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from mtl_bench import registry
+from mtl_bench.clock import DivergenceGuard, PhaseTimer, StepClock, make_clock
 from mtl_bench.errors import RunDiverged, UserError
 from mtl_bench.metrics import get_metric
 from mtl_bench.selection import DEFAULT_SELECT, Selector, check_rule
-from mtl_bench.strategy import REGRESSION, Strategy, TaskGradients, label
+from mtl_bench.step import (  # noqa: F401  (the step's helpers are imported from here too)
+    GraphedSteps,
+    _cosines,
+    _split_like,
+    _sum_pieces,
+    diagnostics_to_host,
+    graph_obstacle,
+    representation_gradients,
+    task_gradients,
+    train_step,
+)
+from mtl_bench.strategy import REGRESSION, Strategy, label
 from mtl_bench.task import (
     ARCHITECTURES,
     SAMPLING_POLICIES,
@@ -74,6 +86,7 @@ class RunConfig:
     threads: int = 1
     diag_every: int = 0
     select: str = DEFAULT_SELECT
+    cuda_graph: bool = False
 
     def resolved(self) -> RunConfig:
         """Concrete epochs/batch/lr, and options and hyper-parameters in canonical form (only
@@ -94,7 +107,10 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.resolved().to_dict(), sort_keys=True, default=str)
+        fields = self.resolved().to_dict()
+        if not fields["cuda_graph"]:  # added later: runs stored before it keep their ids
+            del fields["cuda_graph"]
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
@@ -230,8 +246,9 @@ def source_hash(obj: Any) -> str:
 
 
 #: Modules whose code decides a run's numbers besides the strategy's and the task pair's own.
-HARNESS_MODULES = ("mtl_bench.train", "mtl_bench.selection", "mtl_bench.task",
-                   "mtl_bench.strategy", "mtl_bench.metrics")
+HARNESS_MODULES = ("mtl_bench.train", "mtl_bench.step", "mtl_bench.clock",
+                   "mtl_bench.selection", "mtl_bench.task", "mtl_bench.strategy",
+                   "mtl_bench.metrics")
 
 
 @lru_cache(maxsize=1)
@@ -343,226 +360,19 @@ def classification_details(model: MultiTaskNet, tasks: Sequence[Task], split: Sp
     return out
 
 
-# -- the training step -------------------------------------------------------------------------
-def _sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-def task_gradients(losses: Tensor, at: Sequence[Tensor], source: str,
-                   extra: Sequence[Tensor] = ()) -> tuple[TaskGradients, list[list[Tensor | None]]]:
-    """Each unweighted task loss's gradient at ``at`` (one autograd call per task; graph kept).
-
-    The same call also returns each task's gradient at ``extra`` (None where a tensor does not
-    depend on that task), so head gradients come without another backward pass.
-    """
-    parts, extras = [], []
-    n = len(at)
-    for i in range(len(losses)):
-        g = torch.autograd.grad(losses[i], [*at, *extra], retain_graph=True, allow_unused=True)
-        parts.append([gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g[:n], at)])
-        extras.append(list(g[n:]))
-    return TaskGradients(parts, source), extras
-
-
-def representation_gradients(losses: Tensor, head_in: Sequence[Tensor], model: MultiTaskNet
-                             ) -> tuple[TaskGradients, list[list[Tensor | None]]]:
-    """Every task's gradient at the shared representation, and each head's own gradient, from
-    ONE backward pass: head i reads its own detached leaf ``head_in[i]``, so the gradient of
-    sum_j L_j at that leaf is dL_i/d rep, and head i's parameters only receive dL_i."""
-    heads = model.head_parameters()
-    n = len(head_in)
-    g = torch.autograd.grad(losses.sum(), [*head_in, *heads], retain_graph=True,
-                            allow_unused=True)
-    parts = [[gi if gi is not None else torch.zeros_like(x)] for gi, x in zip(g[:n], head_in)]
-    owner = {id(p): i for i, head in enumerate(model.heads) for p in head.parameters()}
-    extras: list[list[Tensor | None]] = [[None] * len(heads) for _ in range(n)]
-    for k, (p, gp) in enumerate(zip(heads, g[n:])):
-        if gp is not None:
-            extras[owner[id(p)]][k] = gp
-    return TaskGradients(parts, "rep"), extras
-
-
-def _sum_pieces(coef: Tensor | None, pieces: list[list[Tensor | None]]) -> list[Tensor | None]:
-    """sum_i coef_i pieces[i][k] for every k, skipping pieces that are None."""
-    out: list[Tensor | None] = [None] * len(pieces[0])
-    for i, row in enumerate(pieces):
-        for k, g in enumerate(row):
-            if g is None:
-                continue
-            term = g if coef is None else g * coef[i]
-            out[k] = term if out[k] is None else out[k].add_(term)
-    return out
-
-
-def _split_like(flat: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
-    """Cut a flat vector into views shaped like ``params``."""
-    out, offset = [], 0
-    for p in params:
-        out.append(flat[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
-    return out
-
-
-def _cosines(matrix: Tensor, update: Tensor | None) -> dict[str, Any]:
-    norms = matrix.norm(dim=1)
-    unit = matrix / norms.clamp_min(1e-12)[:, None]
-    cos = unit @ unit.T
-    t = len(matrix)
-    out: dict[str, Any] = {
-        "norms": norms.tolist(),
-        "cos": [[i, j, float(cos[i, j])] for i in range(t) for j in range(i + 1, t)],
-    }
-    if update is not None:
-        u = update / update.norm().clamp_min(1e-12)
-        out["update_cos"] = (unit @ u).tolist()
-        out["update_norm"] = float(update.norm())
-    return out
-
-
-class _Timer:
-    PHASES = ("forward", "strategy", "backward", "optimizer")
-
-    def __init__(self, sync: Callable[[], None], skip: int = 3):
-        self.sync = sync
-        self.skip = skip
-        self.totals = dict.fromkeys(self.PHASES, 0.0)
-        self.steps = 0
-        self.samples = 0
-        self._seen = 0
-
-    def record(self, durations: Sequence[float], samples: int) -> None:
-        self._seen += 1
-        if self._seen <= self.skip:  # warm-up steps (allocator, lazy init) are not timed
-            return
-        for name, d in zip(self.PHASES, durations):
-            self.totals[name] += d
-        self.steps += 1
-        self.samples += samples
-
-    def summary(self) -> dict[str, float]:
-        if not self.steps:
-            return {}
-        total = sum(self.totals.values())
-        out = {f"{k}_ms": 1000 * v / self.steps for k, v in self.totals.items()}
-        out["step_ms"] = 1000 * total / self.steps
-        out["steps_per_s"] = self.steps / total if total else float("nan")
-        out["samples_per_s"] = self.samples / total if total else float("nan")
-        out["timed_steps"] = self.steps
-        return out
-
-
-def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
-               inputs: Sequence[Tensor], targets: Sequence[Tensor],
-               optimizer: torch.optim.Optimizer, sync: Callable[[], None] = lambda: None,
-               want_diag: bool = False):
-    """One step for any strategy family.
-
-    Returns (losses, weights, durations, diagnostics); durations are seconds spent in forward,
-    strategy (task gradients + combine + after_step), backward and the optimiser step (one
-    optimiser holds the model's and the strategy's parameters, see :func:`make_optimizer`).
-    Diagnostics, when asked for, are taken outside the timed phases.
-    """
-    source = strategy.grad_source
-    t0 = time.perf_counter()
-    reps, head_in, outputs = model(inputs, detach_rep=source == "rep")
-    losses = torch.stack([task.loss(o, y) for task, o, y in zip(tasks, outputs, targets)])
-    sync()
-    t1 = time.perf_counter()
-
-    grads = None
-    at: list[Tensor] = []
-    heads: list[Tensor] = []
-    head_grads: list[list[Tensor | None]] = []
-    if source == "rep":
-        at = head_in
-        heads = model.head_parameters()
-        grads, head_grads = representation_gradients(losses, head_in, model)
-    elif source is not None:
-        at = {"last": model.last_shared_parameters, "shared": model.shared_parameters}[source]()
-        # with the shared source the heads' gradients come out of the same per-task calls
-        heads = model.head_parameters() if source == "shared" else []
-        grads, head_grads = task_gradients(losses, at, source, heads)
-    update = strategy.combine(losses, grads)
-    sync()
-    t2 = time.perf_counter()
-
-    diag_grads = None
-    if want_diag:  # untimed; reuse the strategy's task gradients, else take them at the last
-        # shared layer (the cheapest place that is still a shared parameter)
-        if grads is not None:
-            diag_grads = grads
-        elif model.last_shared_parameters():
-            diag_grads = task_gradients(losses, model.last_shared_parameters(), "last")[0]
-    t2b = time.perf_counter()
-
-    optimizer.zero_grad(set_to_none=True)
-    applied = None
-    if grads is None:
-        if update.loss is None:
-            raise RuntimeError(f"strategy '{strategy}' returned no loss and asked for no gradients")
-        update.loss.backward()
-    else:
-        coef = None
-        if update.loss is not None:
-            # The loss reaches the model only through `losses`, so by the chain rule the gradient
-            # at the source is c @ G with c = d loss / d losses: the task gradients are reused
-            # instead of being computed a second time by a full backward pass.
-            held = {id(p) for p in (*at, *heads)}
-            rest = [] if source == "rep" else [
-                p for p in model.parameters() if p.requires_grad and id(p) not in held]
-            rest += [p for p in strategy.parameters() if p.requires_grad]
-            losses.retain_grad()
-            torch.autograd.backward(update.loss, inputs=[*rest, losses])
-            coef = losses.grad.to(grads.parts_dtype)
-            pieces = grads.combine_parts(coef)
-        else:
-            # gradient manipulation: heads get their own task's unweighted gradient
-            # (Sener & Koltun 2018); the shared update is `direction` or weights @ G
-            applied = update.direction
-            if applied is None:
-                applied = update.weights.to(grads.parts_dtype) @ grads.matrix
-            pieces = _split_like(applied, at) if source != "rep" else [applied]
-        for p, g in zip(heads, _sum_pieces(coef, head_grads) if heads else []):
-            p.grad = g
-        if source == "rep":
-            torch.autograd.backward(reps[0], pieces[0].view_as(reps[0]))
-        else:
-            for p, g in zip(at, pieces):
-                p.grad = g
-    sync()
-    t3 = time.perf_counter()
-
-    optimizer.step()
-    sync()
-    t4 = time.perf_counter()
-    strategy.after_step()
-    sync()
-    t5 = time.perf_counter()
-
-    diag = None
-    if diag_grads is not None:
-        if applied is None or diag_grads is not grads:
-            applied = update.weights.to(diag_grads.matrix.dtype) @ diag_grads.matrix
-        diag = _cosines(diag_grads.matrix, applied)
-        diag["source"] = diag_grads.source
-    durations = (t1 - t0, (t2 - t1) + (t5 - t4), t3 - t2b, t4 - t3)
-    return losses.detach(), update.weights.detach(), durations, diag
-
-
 # -- one run -----------------------------------------------------------------------------------
 def make_optimizer(model: torch.nn.Module, strategy: Strategy, lr: float,
-                   weight_decay: float) -> torch.optim.Optimizer:
+                   weight_decay: float, capturable: bool = False) -> torch.optim.Optimizer:
     """Adam over the model, plus a group for the strategy's own parameters (its learning rate,
-    no weight decay). One optimiser, one step call: cheaper than two on small nets."""
+    no weight decay). One optimiser, one step call: cheaper than two on small nets.
+    ``capturable``: the form of Adam that a CUDA graph can capture (step counts on the device)."""
     groups = [{"params": [p for p in model.parameters() if p.requires_grad],
                "lr": lr, "weight_decay": weight_decay}]
     own = [p for p in strategy.parameters() if p.requires_grad]
     if own:
         groups.append({"params": own, "lr": strategy.lr if strategy.lr is not None else lr,
                        "weight_decay": 0.0})
-    return torch.optim.Adam(groups)
+    return torch.optim.Adam(groups, capturable=True) if capturable else torch.optim.Adam(groups)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -573,9 +383,15 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
-              max_seconds: float | None = None) -> dict[str, Any]:
+              max_seconds: float | None = None, *,
+              clock: StepClock | None = None) -> dict[str, Any]:
     """Train one (task pair, strategy, seed) and return its run record. Never raises for a
-    run that fails during training: the record says ``status: failed`` with the reason."""
+    run that fails during training: the record says ``status: failed`` with the reason.
+
+    ``clock``: how the loop meets the device (default: :func:`mtl_bench.clock.make_clock` of
+    the config's device). A run that diverges is recorded at the first step with a non-finite
+    loss, however many steps ran before the next read point found it.
+    """
     config = config.resolved()
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -618,9 +434,18 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
         "status": "running",
     }
 
-    optimizer = make_optimizer(model, strategy, config.lr, config.weight_decay)
-    sync = _sync(device)
-    timer = _Timer(sync)
+    clock = clock if clock is not None else make_clock(device)
+    notes: list[str] = []
+    no_graphs = graph_obstacle(clock, strategy) if config.cuda_graph else None
+    if no_graphs is not None:
+        notes.append(f"cuda_graph: not used, {no_graphs}; every step ran eagerly")
+    graphs = config.cuda_graph and no_graphs is None
+    optimizer = make_optimizer(model, strategy, config.lr, config.weight_decay,
+                               capturable=graphs and clock.capturable)
+    run_step = (GraphedSteps(model, tasks, strategy, optimizer, clock) if graphs else
+                partial(train_step, model, tasks, strategy, optimizer=optimizer, clock=clock))
+    timer = PhaseTimer(clock)
+    guard = DivergenceGuard(clock)
     gen = torch.Generator().manual_seed(config.seed)
     n_steps = steps_per_epoch(data.train, config.batch_size)
     diag_every = config.diag_every if config.diag_every > 0 else n_steps
@@ -628,6 +453,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
     curves: list[list[Any]] = []
     weights_log = torch.zeros(config.epochs * n_steps, len(tasks), device=device)
     diagnostics: list[dict[str, Any]] = []
+    unread_diagnostics: list[dict[str, Any]] = []
 
     def log_eval(epoch: int) -> dict[str, dict[tuple[str, str], float]]:
         res = {}
@@ -637,6 +463,18 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
                 curves.append([epoch, split_name, task_name, metric, value])
         return res
 
+    def read_back(epoch: int) -> None:
+        """Read what the steps since the last read point left on the device; raise
+        RunDiverged for the first of them with a non-finite loss (later ones are dropped)."""
+        bad = guard.first_bad()
+        stop = None if bad is None else bad[0]
+        timer.flush(stop)
+        diagnostics.extend(diagnostics_to_host(d, clock.read) for d in unread_diagnostics
+                           if stop is None or d["step"] < stop)
+        unread_diagnostics.clear()
+        if bad is not None:
+            raise RunDiverged(epoch, *bad)
+
     start = time.perf_counter()
     step = 0
     selector = Selector(config.select, tasks)
@@ -645,27 +483,35 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
         selector.begin(log_eval(0)["val"])
         for epoch in range(1, config.epochs + 1):
             loss_sum = torch.zeros(len(tasks), device=device)
-            batches = 0
+            batches = unread = 0
             for inputs, targets in iterate_batches(data.train, config.batch_size, gen,
                                                    config.sampling):
-                losses, weights, durations, diag = train_step(
-                    model, tasks, strategy, inputs, targets, optimizer, sync,
-                    want_diag=step % diag_every == 0)
-                if not bool(torch.isfinite(losses).all()):
-                    raise RunDiverged(epoch, step, losses.tolist())
-                timer.record(durations, sum(len(x) for x in inputs))
+                try:
+                    losses, weights, marks, diag = run_step(
+                        inputs, targets, want_diag=step % diag_every == 0)
+                except Exception:
+                    read_back(epoch)  # a non-finite loss before this error ends the run first
+                    raise
+                guard.note(step, losses)
+                timer.record(step, marks, sum(len(x) for x in inputs))
                 weights_log[step] = weights
                 if diag is not None:
                     diag.update(step=step, epoch=epoch)
-                    diagnostics.append(diag)
+                    unread_diagnostics.append(diag)
                 loss_sum += losses
                 batches += 1
                 step += 1
+                unread += 1
+                if unread >= clock.read_every:
+                    read_back(epoch)
+                    unread = 0
                 if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                    read_back(epoch)
                     raise RunTimeout(f"exceeded --max-run-seconds {max_seconds:g} "
                                      f"at epoch {epoch}")
+            read_back(epoch)
             mean_losses = loss_sum / max(batches, 1)
-            for task, value in zip(tasks, mean_losses.tolist()):
+            for task, value in zip(tasks, clock.read(mean_losses)):
                 curves.append([epoch, "train", task.name, "loss", value])
             strategy.on_epoch_end(epoch, mean_losses)
             res = log_eval(epoch)
@@ -677,6 +523,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
         record["details"] = classification_details(model, tasks, data.test)
         record["status"] = "ok"
     except RunDiverged as exc:
+        step = exc.step  # the steps after it ran before the check: they are not recorded
         record.update(status="failed", failure="diverged", reason=str(exc),
                       failed_epoch=exc.epoch)
     except RunTimeout as exc:
@@ -695,9 +542,15 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
                          "values": weights_log[:step].cpu().tolist()}
     record["diagnostics"] = diagnostics
     throughput = timer.summary()
+    if graphs:
+        notes += run_step.notes
+        if not (run_step.replays or run_step.notes):
+            notes.append("cuda_graph: no step was replayed from a graph (each batch shape "
+                         f"runs {run_step.warmup} eager steps first)")
     throughput["peak_memory_mb"] = _peak_memory_mb(device)
     throughput["batch_size"] = config.batch_size
     record["throughput"] = throughput
     record["summary"] = [row for row in curves
                          if row[0] == selector.epoch and row[1] != "train"]
+    record["notes"] = notes
     return record

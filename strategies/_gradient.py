@@ -10,6 +10,8 @@ so the harness applies alpha @ G and logs alpha as the task weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -30,6 +32,8 @@ class GradientStrategy(Strategy):
     """
 
     family = "gradient manipulation"
+    #: Seed batching (mtl_bench.batched): written batched by :meth:`combine_seeds`.
+    batchable = True
 
     def __init__(self, source: str = "shared") -> None:
         super().__init__()
@@ -52,6 +56,16 @@ class GradientStrategy(Strategy):
             # the harness sees the non-finite loss next and records the run as diverged.
             alpha = np.ones(len(gram))
         return Update(weights=torch.as_tensor(alpha, dtype=losses.dtype, device=losses.device))
+
+    def combine_seeds(self, members: Sequence[GradientStrategy], losses: Tensor,
+                      grads: Sequence[TaskGradients] | None = None) -> Update:
+        """Seed batching: the combine of K instances, (K, T) losses and one TaskGradients per
+        seed. Each seed's solve is a small host-side problem on its own Gram matrix, so they
+        run one after the other, each exactly as :meth:`combine` runs alone."""
+        if grads is None:
+            raise RuntimeError(f"strategy '{self}' needs task gradients from the harness")
+        updates = [m.combine(lk, g) for m, lk, g in zip(members, losses, grads)]
+        return Update(weights=torch.stack([u.weights for u in updates]))
 
 
 class RandomOrderStrategy(GradientStrategy):

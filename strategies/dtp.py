@@ -51,6 +51,7 @@ class DTP(Strategy):
     paper = "Guo et al., ECCV 2018"
     summary = "focal-style priority on tasks whose KPI (from the loss) is low"
     permutation_invariant = True
+    batchable = True
 
     def __init__(self, gamma: float = 2.0, alpha: float = 0.1, kpi: str = "exp"):
         super().__init__()
@@ -72,15 +73,17 @@ class DTP(Strategy):
         self.seen = torch.zeros((), dtype=torch.bool)
 
     def combine(self, losses: Tensor, grads: TaskGradients | None = None) -> Update:
+        # No branch on the state and buffers updated in place, so that K seeds can run this
+        # under vmap (``batchable``): the first step is picked out with torch.where.
         current = losses.detach().to(self.kpi_average)
-        if not self.seen:
-            if self.kpi == "relative":
-                self.initial_losses = current.clamp_min(1e-12)
-            self.kpi_average = self._kpi(current)
-            self.seen.fill_(True)
-        else:
-            self.kpi_average = (self.alpha * self._kpi(current)
-                                + (1 - self.alpha) * self.kpi_average)
+        first = ~self.seen
+        if self.kpi == "relative":
+            self.initial_losses.copy_(torch.where(first, current.clamp_min(1e-12),
+                                                  self.initial_losses))
+        kpi = self._kpi(current)
+        self.kpi_average.copy_(torch.where(
+            first, kpi, self.alpha * kpi + (1 - self.alpha) * self.kpi_average))
+        self.seen.fill_(True)
         k = self.kpi_average.clamp(KPI_FLOOR, 1.0)
         weights = -((1 - k) ** self.gamma) * torch.log(k)
         return self.weighted_sum(weights.to(losses), losses)

@@ -30,6 +30,7 @@ class DWA(Strategy):
     paper = "Liu, Johns & Davison, CVPR 2019"
     summary = "weights from the ratio of each task's last two epoch-mean losses"
     permutation_invariant = True
+    batchable = True
 
     def __init__(self, temperature: float = 2.0):
         super().__init__()

@@ -59,6 +59,7 @@ class FAMO(Strategy):
     paper = "Liu et al., NeurIPS 2023"
     summary = "learn loss weights so every task's log-loss falls at the same rate"
     permutation_invariant = True
+    batchable = True
 
     def __init__(self, beta: float = 0.025, gamma: float = 1e-3, update: str = "adam"):
         super().__init__()
@@ -83,26 +84,30 @@ class FAMO(Strategy):
 
     @torch.no_grad()
     def _update_logits(self, log_losses: Tensor) -> None:
+        # A no-op until there are previous losses. No branch on the state and buffers updated
+        # in place, so that K seeds can run this under vmap (``batchable``).
+        live = self.has_prev
         delta = self.prev_log_losses - log_losses
         z = torch.softmax(self.logits, dim=0)
         grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
         if self.update == "sgd":
-            self.logits -= self.beta * grad
+            self.logits.copy_(torch.where(live, self.logits - self.beta * grad, self.logits))
             return
         b1, b2 = ADAM_BETAS
-        self.steps += 1
-        t = int(self.steps)
-        self.adam_m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.adam_v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.adam_v / (1 - b2**t)).sqrt() + ADAM_EPS
-        self.logits -= self.beta / (1 - b1**t) * self.adam_m / denom
+        self.steps.add_(live.to(self.steps.dtype))
+        t = self.steps.clamp_min(1).double()  # bias corrections in double, as Python floats
+        m = torch.add(self.adam_m * b1, grad, alpha=1 - b1)
+        v = torch.addcmul(self.adam_v * b2, grad, grad, value=1 - b2)
+        denom = (v / (1 - b2**t)).sqrt() + ADAM_EPS
+        logits = self.logits - self.beta / (1 - b1**t) * m / denom
+        for state, new in ((self.adam_m, m), (self.adam_v, v), (self.logits, logits)):
+            state.copy_(torch.where(live, new, state))
 
     def combine(self, losses: Tensor, grads: TaskGradients | None = None) -> Update:
         shifted = losses + EPS
         log_now = torch.log(shifted.detach()).to(self.logits)
-        if self.has_prev:
-            self._update_logits(log_now)
-        self.prev_log_losses = log_now
+        self._update_logits(log_now)
+        self.prev_log_losses.copy_(log_now)
         self.has_prev.fill_(True)
         z = torch.softmax(self.logits, dim=0).to(losses)
         c = 1.0 / (z / shifted.detach()).sum()

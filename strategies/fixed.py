@@ -43,6 +43,8 @@ class Fixed(Strategy):
     summary = "constant weights (equal by default); sweep mode traces the Pareto front"
     #: Equal weights treat tasks alike; explicit weights are permuted along with the tasks.
     permutation_invariant = True
+    batchable = True
+    graph_safe = True
 
     def __init__(self, weights: Sequence[float] | None = None):
         super().__init__()

@@ -39,6 +39,8 @@ class GLS(Strategy):
     paper = "Chennupati et al., CVPR-W 2019"
     summary = "geometric mean of the task losses"
     permutation_invariant = True
+    batchable = True
+    graph_safe = True
 
     def __init__(self, eps: float = 1e-12):
         super().__init__()

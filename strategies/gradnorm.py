@@ -61,6 +61,7 @@ class GradNorm(Strategy):
     paper = "Chen et al., ICML 2018"
     summary = "learn weights so task gradient norms match their relative training rates"
     permutation_invariant = True
+    batchable = True
 
     def __init__(self, alpha: float = 1.5, layer: str = "last", initial: str = "first_step",
                  lr: float | None = None):
@@ -87,14 +88,18 @@ class GradNorm(Strategy):
         self.loss_sum = torch.zeros(self.n_tasks)
 
     def _initial(self, losses: Tensor) -> Tensor:
-        if not self.frozen:
-            if self.initial == "first_step":
-                self.initial_losses = losses.detach().clone()
-                self.frozen.fill_(True)
-            else:
-                self.loss_sum += losses.detach()
-                self.count += 1
-                self.initial_losses = self.loss_sum / self.count
+        # No branch on the state and buffers updated in place, so that K seeds can run this
+        # under vmap (``batchable``): a frozen L_i(0) is kept by torch.where.
+        current = losses.detach().to(self.initial_losses)
+        live = ~self.frozen
+        if self.initial == "first_step":
+            self.initial_losses.copy_(torch.where(live, current, self.initial_losses))
+            self.frozen.fill_(True)
+        else:
+            self.loss_sum.add_(torch.where(live, current, torch.zeros_like(current)))
+            self.count.add_(live.to(self.count.dtype))
+            self.initial_losses.copy_(torch.where(live, self.loss_sum / self.count,
+                                                  self.initial_losses))
         return self.initial_losses
 
     def on_epoch_end(self, epoch: int, train_losses: Tensor) -> None:
@@ -117,5 +122,5 @@ class GradNorm(Strategy):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        self.w.clamp_(min=1e-4)
-        self.w.mul_(self.n_tasks / self.w.sum())
+        w = self.w.clamp(min=1e-4)  # out of place: vmap has no batching rule for clamp_
+        self.w.copy_(w * (self.n_tasks / w.sum()))

@@ -44,6 +44,8 @@ class IMTLL(Strategy):
     paper = "Liu et al., ICLR 2021"
     summary = "learnable log-scales: loss e^s L - s per task"
     permutation_invariant = True
+    batchable = True
+    graph_safe = True
 
     def __init__(self, init: float = 0.0, lr: float | None = None):
         super().__init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ class RLW(Strategy):
     #: The draws do not follow the tasks when they are reordered (the distribution of the
     #: weights is symmetric, a single run is not).
     permutation_invariant = False
+    batchable = True
 
     def __init__(self, distribution: str = "normal"):
         super().__init__()
@@ -69,6 +71,14 @@ class RLW(Strategy):
 
     def combine(self, losses: Tensor, grads: TaskGradients | None = None) -> Update:
         return self.weighted_sum(self.draw().to(losses), losses)
+
+    def combine_seeds(self, members: Sequence[RLW], losses: Tensor,
+                      grads: Sequence[TaskGradients] | None = None) -> Update:
+        """Seed batching (``batchable``, written batched): the combine of K instances at once,
+        (K, T) losses. vmap cannot draw from K generators, so each instance draws its own
+        weights as in :meth:`combine`; the weighted sums are one tensor operation."""
+        weights = torch.stack([m.draw() for m in members]).to(losses)
+        return Update(weights=weights, loss=(weights * losses).sum(dim=1))
 
     # The generator is not a tensor, so nn.Module would not save it without these two hooks.
     def get_extra_state(self) -> Any:

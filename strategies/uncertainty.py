@@ -45,6 +45,8 @@ class Uncertainty(Strategy):
     paper = "Kendall, Gal & Cipolla, CVPR 2018"
     summary = "learn homoscedastic task uncertainty: L/(2 sigma^2) + log sigma"
     permutation_invariant = True
+    batchable = True
+    graph_safe = True
 
     def __init__(self, init: float = 0.0, lr: float | None = None):
         super().__init__()

@@ -12,8 +12,10 @@ pytest.importorskip("distributed")
 
 import dask  # noqa: E402
 
-from mtl_bench import dask_executor, registry, sweep  # noqa: E402
+from mtl_bench import registry  # noqa: E402
 from mtl_bench.cli import main  # noqa: E402
+from mtl_bench.executors import base  # noqa: E402
+from mtl_bench.executors import dask as dask_executor  # noqa: E402
 from mtl_bench.store import RunStore  # noqa: E402
 from mtl_bench.sweep import SweepSpec, execute, expand  # noqa: E402
 from mtl_bench.train import RunConfig  # noqa: E402
@@ -81,7 +83,7 @@ def test_dead_worker_becomes_a_failed_record(cluster, tmp_path):
         # alone: with one worker, Dask also fails the tasks queued on the worker that died
         progress = execute([RunConfig(strategy="test-dask-sigkill", epochs=1)], store,
                            quiet=True, executor="dask", scheduler=cluster.scheduler_address,
-                           plugins=sweep.plugin_sources([path]))
+                           plugins=base.plugin_sources([path]))
     finally:
         registry.strategies.unregister("test-dask-sigkill")
     assert progress.done == 1 and progress.failed == 1

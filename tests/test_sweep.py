@@ -10,6 +10,7 @@ from mtl_bench import registry, sweep
 from mtl_bench.cli import main
 from mtl_bench.config_file import load_config
 from mtl_bench.errors import UserError
+from mtl_bench.executors import base, local
 from mtl_bench.store import RunStore
 from mtl_bench.sweep import (
     Progress,
@@ -46,7 +47,7 @@ def misbehaving(tmp_path):
     path = tmp_path / "misbehaving.py"
     path.write_text(MISBEHAVING)
     registry.load_plugin_file(path)
-    yield sweep.plugin_sources([path])
+    yield base.plugin_sources([path])
     registry.strategies.unregister("test-sigkill")
     registry.strategies.unregister("test-hang")
 
@@ -140,14 +141,14 @@ def test_jobs_2_gives_bit_identical_records_to_jobs_1(tmp_path):
 def test_run_command_preloads_what_the_workers_preload():
     from mtl_bench.commands import run
 
-    assert run.WORKER_PRELOAD == sweep.PRELOAD
+    assert run.WORKER_PRELOAD == local.PRELOAD
 
 
 def test_worker_crash_and_hang_become_failed_records(tmp_path, misbehaving, monkeypatch):
     # the parent kills a worker stuck inside one step after max_seconds plus a grace period;
     # shorten the grace so that the test does not wait the default 30 s (it still covers the
     # run's set-up, which on a busy machine can take seconds)
-    monkeypatch.setattr(sweep, "hard_deadline", lambda s: None if s is None else s + 8.0)
+    monkeypatch.setattr(local, "hard_deadline", lambda s: None if s is None else s + 8.0)
     configs = [RunConfig(strategy="test-sigkill", **TINY), RunConfig(strategy="fixed", **TINY),
                RunConfig(strategy="test-hang", **TINY), RunConfig(strategy="fixed", seed=1,
                                                                  **TINY)]
@@ -182,7 +183,7 @@ def test_progress_lines_count_failures_and_give_an_eta():
 
 
 def test_failed_record_has_the_keys_of_a_train_run_record():
-    rec = sweep.failed_record(RunConfig(strategy="dwa", epochs=2), "worker died")
+    rec = base.failed_record(RunConfig(strategy="dwa", epochs=2), "worker died")
     real = train_run(RunConfig(strategy="dwa", epochs=1))
     assert rec["run_id"] == RunConfig(strategy="dwa", epochs=2).run_id
     assert rec["status"] == "failed" and rec["reason"] == "worker died"

@@ -22,8 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "lr": None, "weight_decay": 0.0, "architecture": "shared", "sampling": "proportional",
     "single_task": False, "diag_every": 0, "tune": None, "select": "primary",
 }
-#: sweep.PRELOAD, spelled out because importing mtl_bench.sweep imports torch (a test checks).
-WORKER_PRELOAD = ["mtl_bench.train", "mtl_bench.sweep"]
+#: executors.local.PRELOAD, spelled out because importing mtl_bench.executors imports torch (a
+#: test checks).
+WORKER_PRELOAD = ["mtl_bench.train", "mtl_bench.executors.local"]
 
 
 def _csv(text: str) -> list[str]:
@@ -76,6 +77,22 @@ def _weights(text: str) -> list[float]:
 _weights.__name__ = "weights"  # argparse names the type in its message
 
 
+def _seed_batch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SEED_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"expects a whole number of seeds from 1 to {MAX_SEED_BATCH}, got '{text}'")
+    return value
+
+
+_seed_batch.__name__ = "seed batch"
+#: Larger groups gain nothing on one device and keep K copies of the data's index tensors.
+MAX_SEED_BATCH = 256
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", dest="tasks", type=_csv, default=None,
                    help="task pair(s), comma-separated (default: clsreg)")
@@ -123,9 +140,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="gradient diagnostics every k steps (0: once per epoch)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="on cuda, replay each training step from a captured CUDA graph where "
+                        "the strategy allows it (same results, less launch overhead); other "
+                        "runs step eagerly, with a note in their record")
     p.add_argument("--jobs", type=int, default=None,
-                   help="runs in parallel: worker processes, or Dask workers of a local "
-                        "cluster (default: the number of cores; 1 on cuda)")
+                   help="runs in parallel: worker processes (on cuda sharing the GPUs, "
+                        "spread over them with --device cuda), or Dask workers of a local "
+                        "cluster (default: the number of cores; on cuda from free GPU memory "
+                        "and cores, docs/sweeps.md)")
+    p.add_argument("--seed-batch", type=_seed_batch, default=1, metavar="K",
+                   help="train up to K seeds of one config as one vectorised model (records "
+                        "equal to separate runs within float tolerance; strategies that cannot "
+                        "be batched run one by one with a note; docs/sweeps.md)")
     p.add_argument("--executor", default=None, choices=("local", "dask"),
                    help="local processes (default) or a Dask cluster (needs mtl-bench[dask])")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -192,8 +219,7 @@ def _start_worker_server(args: argparse.Namespace) -> None:
     import multiprocessing as mp
 
     if (args.executor or ("dask" if args.scheduler else "local")) != "local" or args.dry_run \
-            or args.jobs == 1 or args.device.startswith("cuda") \
-            or "forkserver" not in mp.get_all_start_methods():
+            or args.jobs == 1 or "forkserver" not in mp.get_all_start_methods():
         return
     from multiprocessing import forkserver
 
@@ -204,19 +230,19 @@ def _start_worker_server(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _start_worker_server(args)
     from mtl_bench.display import terminal_table
+    from mtl_bench.executors import default_jobs
+    from mtl_bench.executors.base import plugin_sources
     from mtl_bench.store import RunStore
     from mtl_bench.sweep import (
         TUNE_LR_FACTORS,
         Progress,
         SweepSpec,
         check_writable,
-        default_jobs,
         execute,
         expand,
         parse_assignments,
         parse_seeds,
         plan,
-        plugin_sources,
         validate_all,
     )
     from mtl_bench.train import RunConfig
@@ -253,7 +279,6 @@ def run(args: argparse.Namespace) -> int:
     executor = args.executor or ("dask" if args.scheduler else "local")
     if args.scheduler and executor != "dask":
         raise UserError("--scheduler needs --executor dask")
-    jobs = args.jobs or (1 if args.device.startswith("cuda") else default_jobs())
 
     lrs: list[float] | None = s["lr"]
     lr_factors = None
@@ -263,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
                      lr=lrs[0] if lrs and len(lrs) == 1 else None,
                      weight_decay=float(s["weight_decay"]), architecture=s["architecture"],
                      sampling=s["sampling"], device=args.device, threads=args.threads,
-                     diag_every=s["diag_every"], select=s["select"])
+                     diag_every=s["diag_every"], select=s["select"],
+                     cuda_graph=args.cuda_graph)
     spec = SweepSpec(tasks, strategies, parse_seeds(s["seeds"]), assignments, base,
                      single_task=bool(s["single_task"]),
                      lrs=lrs if lrs and len(lrs) > 1 else None, lr_factors=lr_factors)
@@ -283,9 +309,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{c.run_id}  {c.task:<22} {what:<28}{lr} seed {c.seed:<3} {p.describe()}")
         print(f"{len(todo)} to run ({counts}); records in {store.root}/")
         return 0
+    jobs = args.jobs or (default_jobs(args.device, executor) if todo else 1)
 
     if todo and executor == "dask":
-        from mtl_bench.dask_executor import require_dask
+        from mtl_bench.executors.dask import require_dask
 
         require_dask()
     if todo:
@@ -322,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(len(todo), args.quiet, with_lr=with_lr)
     execute(todo, store, jobs=jobs, max_seconds=args.max_run_seconds, executor=executor,
             scheduler=args.scheduler, plugins=plugin_sources(getattr(args, "plugin", [])),
-            progress=progress)
+            progress=progress, seed_batch=args.seed_batch)
 
     records = []
     for c in configs:
@@ -364,7 +391,7 @@ REPORT_SPEED_ROUNDS, REPORT_SPEED_STEPS = 5, 10
 def _speed_child(conn: Any, configs: list[Any], device: str, threads: int,
                  plugins: list[tuple[str, str]]) -> None:
     from mtl_bench import registry, speed
-    from mtl_bench.sweep import ensure_plugins
+    from mtl_bench.executors.base import ensure_plugins
 
     try:
         registry.load_builtins()
@@ -381,9 +408,10 @@ def _measure_apart(configs: list[Any], device: str, threads: int,
                    plugins: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
     """The speed stage in a process of its own: a strategy that crashes or kills its process
     (as one killed its workers during the sweep) costs the speed table, not the report."""
-    from mtl_bench.sweep import _context, _death_reason
+    from mtl_bench.executors.base import death_reason
+    from mtl_bench.executors.local import worker_context
 
-    ctx = _context()
+    ctx = worker_context()
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_speed_child, args=(child, configs, device, threads, plugins),
                        daemon=True, name="mtl-bench-speed")
@@ -393,7 +421,7 @@ def _measure_apart(configs: list[Any], device: str, threads: int,
         kind, payload = parent.recv()
     except (EOFError, OSError):
         proc.join(timeout=5)
-        raise UserError(f"the speed stage's {_death_reason(proc.exitcode)}") from None
+        raise UserError(f"the speed stage's {death_reason(proc.exitcode)}") from None
     finally:
         proc.join(timeout=5)
         if proc.is_alive():

@@ -11,17 +11,19 @@ Dask is an optional dependency: ``pip install 'mtl-bench[dask]'``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mtl_bench.errors import UserError
-from mtl_bench.train import RunConfig
+from mtl_bench.executors.base import Finish, ensure_plugins, failed_record
+from mtl_bench.train import RunConfig, train_run
 
 #: Environment of LocalCluster worker processes, set through dask's
 #: ``distributed.nanny.pre-spawn-environ``. Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` there by
 #: default; setting any trim threshold turns off glibc's adaptive mmap threshold, so tensors
 #: above 128 KiB are mapped and unmapped again on every step (about 85 page faults per step
-#: instead of about 1 on a batch-256 run; ``python -m mtl_bench.dask_executor`` runs the A/B).
+#: instead of about 1 on a batch-256 run; ``python -m mtl_bench.executors.dask`` runs the A/B).
 #: The runs are small (a few hundred MB per process at most), so returning freed memory to
 #: the OS eagerly buys little: the variable is left unset (``None`` removes it) and glibc's
 #: defaults apply.
@@ -51,9 +53,6 @@ def _import_dask():
 def dask_task(config: RunConfig, max_seconds: float | None,
               plugins: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """What a Dask worker runs: register the client's plug-in files, train, return the record."""
-    from mtl_bench.sweep import ensure_plugins
-    from mtl_bench.train import train_run
-
     ensure_plugins(plugins)
     return train_run(config, max_seconds=max_seconds)
 
@@ -72,8 +71,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def run_on_dask(configs: Sequence[RunConfig],
-                finish: Callable[[RunConfig, dict[str, Any]], None],
+@dataclass
+class DaskExecutor:
+    """Every run as one Dask task: on the cluster at ``scheduler``, or on a LocalCluster of
+    ``jobs`` one-thread worker processes started and closed around the sweep."""
+
+    scheduler: str | None = None
+    jobs: int = 1
+    max_seconds: float | None = None
+    plugins: Sequence[tuple[str, str]] = ()
+
+    def run(self, configs: Sequence[RunConfig], finish: Finish) -> None:
+        run_on_dask(configs, finish, self.scheduler, self.max_seconds, self.jobs, self.plugins)
+
+
+def run_on_dask(configs: Sequence[RunConfig], finish: Finish,
                 scheduler: str | None, max_seconds: float | None, jobs: int,
                 plugins: Sequence[tuple[str, str]] = ()) -> None:
     """Submit every config, hand each record to ``finish`` in completion order.
@@ -86,8 +98,6 @@ def run_on_dask(configs: Sequence[RunConfig],
     if not configs:
         return
     dask, distributed = _import_dask()
-    from mtl_bench.sweep import failed_record
-
     cluster = None
     try:
         if scheduler:
@@ -122,14 +132,12 @@ def run_on_dask(configs: Sequence[RunConfig],
             cluster.close()
 
 
-# -- A/B of the worker environment: ``python -m mtl_bench.dask_executor`` --------------------
+# -- A/B of the worker environment: ``python -m mtl_bench.executors.dask`` --------------------
 def _measured_run(config: RunConfig) -> tuple[float, float, str | None]:
     """Train on a worker; CPU ms and minor page faults per step, and the worker's setting.
     CPU time and faults, unlike wall time, barely move when other jobs share the machine."""
     import os
     import resource
-
-    from mtl_bench.train import train_run
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     record = train_run(config)
@@ -146,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
     import statistics
 
-    p = argparse.ArgumentParser(prog="python -m mtl_bench.dask_executor",
+    p = argparse.ArgumentParser(prog="python -m mtl_bench.executors.dask",
                                 description="A/B of MALLOC_TRIM_THRESHOLD_ on Dask workers")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=6)
