@@ -7,6 +7,7 @@ batched by index slices, never by a per-sample DataLoader.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -487,8 +488,11 @@ def iterate_batches(split: Split, batch_size: int, generator: torch.Generator,
     plans = [spread(q, steps) for q in epoch_quotas(sizes, batch_size, policy, temperature)]
     perms = [torch.randperm(n, generator=generator) for n in sizes]
     cursors = [0] * len(sizes)
+    # the whole epoch's indices are drawn first (in the order of the steps, so the generator
+    # gives the same draws) and moved to the device in one copy per task: a copy per step
+    # would make the host wait for the device at every step
+    takes: list[list[Tensor]] = [[] for _ in sizes]
     for step in range(steps):
-        xs, ys = [], []
         for i, n in enumerate(sizes):
             want = plans[i][step]
             take = perms[i][cursors[i]:cursors[i] + want]
@@ -497,7 +501,13 @@ def iterate_batches(split: Split, batch_size: int, generator: torch.Generator,
                 perms[i] = torch.randperm(n, generator=generator)
                 cursors[i] = want - len(take)
                 take = torch.cat([take, perms[i][:cursors[i]]])
-            idx = take.to(device)
+            takes[i].append(take)
+    flat = [torch.cat(t).to(device) for t in takes]
+    starts = [[0, *itertools.accumulate(plans[i][:-1])] for i in range(len(sizes))]
+    for step in range(steps):
+        xs, ys = [], []
+        for i in range(len(sizes)):
+            idx = flat[i][starts[i][step]:starts[i][step] + plans[i][step]]
             xs.append(split.inputs[i][idx])
             ys.append(split.targets[i][idx])
         yield tuple(xs), tuple(ys)

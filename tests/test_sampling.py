@@ -109,3 +109,22 @@ def test_bad_policy_and_temperature_are_user_errors():
         epoch_quotas([10, 5], 4, "uniform")
     with pytest.raises(UserError, match="temperature must be positive"):
         epoch_quotas([10, 5], 4, "temperature", temperature=0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_indices_reach_the_device_once_per_epoch_not_once_per_step(monkeypatch, shared):
+    # a host-to-device copy of the indices at every step would make the host wait for the
+    # device at every step; count the copies the batching makes in one epoch
+    split = (Split((torch.randn(300, 3),), (torch.arange(300), torch.arange(300))) if shared
+             else _separate(1000, 100))
+    copies = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        copies.append(self.shape)
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    batches = _epoch(split, 32, "proportional")
+    assert len(batches) > 3
+    assert len(copies) == (1 if shared else 2)  # one per epoch (per task with separate sets)
