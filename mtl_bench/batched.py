@@ -41,7 +41,6 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -49,21 +48,17 @@ from mtl_bench import registry
 from mtl_bench.batched_step import StackedModel, StackedStrategy, batched_step
 from mtl_bench.clock import PhaseTimer, make_clock
 from mtl_bench.errors import RunDiverged, UserError
-from mtl_bench.metrics import get_metric
 from mtl_bench.selection import Selector
 from mtl_bench.strategy import Strategy
 from mtl_bench.task import MultiTaskNet, Task, TaskData, TaskPair, steps_per_epoch
 from mtl_bench.train import (
-    SCHEMA_VERSION,
     RunConfig,
     RunTimeout,
-    build_strategy,
     build_task_pair,
     classification_details,
-    code_identity,
     evaluate,
     make_optimizer,
-    provenance,
+    set_up_run,
     train_run,
 )
 
@@ -119,44 +114,9 @@ class _Seed:
 
 
 def _set_up(config: RunConfig, device: torch.device) -> _Seed:
-    """Everything train_run builds before its first step, in the same order (so the same RNG
-    draws give the same split, initial weights and strategy state)."""
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    pair = build_task_pair(config.task, config.task_options)
-    all_tasks = pair.tasks()
-    data = pair.load(config.seed)
-    indices = list(range(len(all_tasks)))
-    if config.single_task is not None:
-        indices = [[t.name for t in all_tasks].index(config.single_task)]
-    tasks = [all_tasks[i] for i in indices]
-    data = data.select_tasks(indices).to(device)
-    torch.manual_seed(config.seed)
-    model = pair.build_model(data, indices, config.architecture).to(device)
-    strategy = build_strategy(config.strategy, config.strategy_params)
-    strategy.setup([t.info for t in tasks], seed=config.seed)
-    strategy.to(device)
-    if strategy.grad_source == "rep" and not data.train.shared_inputs:
-        raise UserError(f"strategy '{strategy}' takes gradients at the shared representation, "
-                        f"which needs inputs shared by all tasks; task pair '{config.task}' gives "
-                        "each task its own dataset")
-    record: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "run_id": config.run_id,
-        "config": config.to_dict(),
-        "task_pair": config.task,
-        "strategy": config.strategy_label,
-        "strategy_repr": repr(strategy),
-        "seed": config.seed,
-        "tasks": [{"name": t.name, "kind": t.kind, "metrics": list(t.metrics),
-                   "primary": t.primary} for t in tasks],
-        "metric_directions": {m: get_metric(m).higher_is_better
-                              for t in tasks for m in t.metrics},
-        "code": code_identity(strategy, pair),
-        "data": data.info,
-        "provenance": provenance(device, config.threads),
-        "status": "running",
-    }
+    """One seed set up exactly as ``train_run`` sets up a run (:func:`~mtl_bench.train.set_up_run`),
+    plus its own data-order generator and selector."""
+    pair, tasks, data, model, strategy, record = set_up_run(config, device)
     return _Seed(config, pair, tasks, data, model, strategy, record,
                  torch.Generator().manual_seed(config.seed), Selector(config.select, tasks))
 

@@ -382,19 +382,12 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
-def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
-              max_seconds: float | None = None, *,
-              clock: StepClock | None = None) -> dict[str, Any]:
-    """Train one (task pair, strategy, seed) and return its run record. Never raises for a
-    run that fails during training: the record says ``status: failed`` with the reason.
-
-    ``clock``: how the loop meets the device (default: :func:`mtl_bench.clock.make_clock` of
-    the config's device). A run that diverges is recorded at the first step with a non-finite
-    loss, however many steps ran before the next read point found it.
-    """
-    config = config.resolved()
-    torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
+def set_up_run(config: RunConfig, device: torch.device
+               ) -> tuple[TaskPair, list[Task], TaskData, MultiTaskNet, Strategy, dict[str, Any]]:
+    """Everything a run builds before its first step, in a fixed order, so that a seed gives
+    the same split, initial weights and strategy state wherever it is trained (``train_run``,
+    or one seed of a batch in :mod:`mtl_bench.batched`): the pair, its tasks, the data on
+    ``device``, the model, the strategy, and the record's head."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
 
@@ -433,6 +426,23 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
         "provenance": provenance(device, config.threads),
         "status": "running",
     }
+    return pair, tasks, data, model, strategy, record
+
+
+def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
+              max_seconds: float | None = None, *,
+              clock: StepClock | None = None) -> dict[str, Any]:
+    """Train one (task pair, strategy, seed) and return its run record. Never raises for a
+    run that fails during training: the record says ``status: failed`` with the reason.
+
+    ``clock``: how the loop meets the device (default: :func:`mtl_bench.clock.make_clock` of
+    the config's device). A run that diverges is recorded at the first step with a non-finite
+    loss, however many steps ran before the next read point found it.
+    """
+    config = config.resolved()
+    torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    pair, tasks, data, model, strategy, record = set_up_run(config, device)
 
     clock = clock if clock is not None else make_clock(device)
     notes: list[str] = []
