@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mtl_bench import registry
+from mtl_bench.commands.options import device_arg
 from mtl_bench.strategy import CLASSIFICATION, REGRESSION
 from mtl_bench.task import MultiTaskNet, Task, mlp
 from mtl_bench.train import build_strategy, make_optimizer, train_step
@@ -211,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (default), cuda or cuda:N")
     p.add_argument("--seed-batch", type=int, default=None, metavar="K",
                    help="compare K seeds trained as one batch with K runs one after the other "
                         "(and the harness's train_step with a bare loop) instead")
@@ -220,12 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     from mtl_bench.sweep import parse_assignments
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        p.error(f"--device expects cpu, cuda or cuda:N, got '{args.device}'")
-    if device.type not in ("cpu", "cuda"):
-        p.error(f"--device expects cpu, cuda or cuda:N, got '{args.device}'")
+    device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here")
     if args.seed_batch is not None and args.seed_batch < 1:

@@ -40,6 +40,7 @@ from mtl_bench.bench import (
     reference_tasks,
 )
 from mtl_bench.clock import CpuClock, StepClock, make_clock
+from mtl_bench.commands.options import device_arg
 from mtl_bench.task import Split, Task, TaskData, TaskPair
 from mtl_bench.train import RunConfig
 
@@ -228,14 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall time, or CPU time of this process (steadier on a busy machine; "
                         "cpu devices only)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (default), cuda or cuda:N")
     args = p.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        p.error(f"--device expects cpu, cuda or cuda:N, got '{args.device}'")
-    if device.type not in ("cpu", "cuda"):
-        p.error(f"--device expects cpu, cuda or cuda:N, got '{args.device}'")
+    device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here")
     if device.type == "cuda" and args.clock == "cpu":

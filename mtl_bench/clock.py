@@ -35,6 +35,7 @@ PHASES = ("forward", "strategy", "backward", "optimizer")
 CUDA_READ_EVERY = 64
 
 
+
 class StepClock:
     """The device side of a training run, chosen once per run.
 

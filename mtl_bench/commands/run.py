@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_bench import registry
+from mtl_bench.commands.options import device_arg
 from mtl_bench.errors import OutputError, UserError
 from mtl_bench.selection import SELECT_RULES
 
@@ -32,13 +33,6 @@ def _csv(text: str) -> list[str]:
     if not names:  # '' or ',' would otherwise run nothing, or (--strategy) every strategy
         raise argparse.ArgumentTypeError(f"expects at least one name, got '{text}'")
     return names
-
-
-def _device(text: str) -> str:
-    kind, colon, index = text.partition(":")
-    if text == "cpu" or (kind == "cuda" and (not colon or index.isascii() and index.isdigit())):
-        return text
-    raise argparse.ArgumentTypeError(f"expects cpu, cuda or cuda:N (N a GPU index), got '{text}'")
 
 
 def _setting(key: str):
@@ -138,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also train each task alone (baselines for Delta_m)")
     p.add_argument("--diag-every", type=_setting("diag_every"), default=None,
                    help="gradient diagnostics every k steps (0: once per epoch)")
-    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="on cuda, replay each training step from a captured CUDA graph where "

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from mtl_bench import registry
+from mtl_bench.commands.options import device_arg
 from mtl_bench.errors import UserError
 
 HELP = "time each strategy's step against fixed weights, in interleaved rounds"
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="strategy hyper-parameter or task-pair option, as for `run`; several "
                         "values form a grid")
     p.add_argument("--architecture", default="shared", help="shared (hard sharing) or separate")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                    help=f"interleaved rounds, at least 2 (default {DEFAULT_ROUNDS})")
