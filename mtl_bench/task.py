@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_bench.architectures import ARCHITECTURES as ARCHITECTURES
+from mtl_bench.architectures import PER_TASK, build_per_task
+from mtl_bench.architectures import MultiTaskNet as MultiTaskNet
 from mtl_bench.errors import UserError
 from mtl_bench.metrics import get_metric
 from mtl_bench.strategy import CLASSIFICATION, REGRESSION, TaskInfo
 
-ARCHITECTURES = ("shared", "separate")
 #: Primary metric of a task that does not name one (when the task reports it).
 DEFAULT_PRIMARY = {CLASSIFICATION: "accuracy", REGRESSION: "mae"}
 SAMPLING_POLICIES = ("proportional", "equal", "temperature")
@@ -166,47 +168,6 @@ class TaskData:
         return [x.shape[1] for x in self.train.inputs]
 
 
-class MultiTaskNet(nn.Module):
-    """A trunk shared by every task plus one head per task.
-
-    ``forward`` returns the representations (one per distinct input), what each head read (one
-    per task) and one output per task. With ``detach_rep`` each head reads its own detached leaf
-    of the representation, so the harness can take every task's gradient at the representation
-    in one backward pass and back-propagate a combined gradient into the trunk once.
-    """
-
-    def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module]):
-        super().__init__()
-        self.trunk = trunk
-        self.heads = nn.ModuleList(heads)
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.trunk.parameters() if p.requires_grad]
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.heads.parameters() if p.requires_grad]
-
-    def last_shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the last trunk module that has any (GradNorm's 'last shared layer')."""
-        last: list[nn.Parameter] = []
-        for module in self.trunk.modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if own:
-                last = own
-        return last
-
-    def forward(self, inputs: Sequence[Tensor], detach_rep: bool = False):
-        reps = [self.trunk(x) for x in inputs]
-        shared = len(inputs) == 1
-        source = [reps[0 if shared else i] for i in range(len(self.heads))]
-        # With detach_rep every head reads its own detached leaf (same storage): one backward
-        # pass of the summed losses then leaves task i's gradient at the representation in
-        # leaf i, instead of one backward pass per task.
-        head_in = [r.detach().requires_grad_(True) for r in source] if detach_rep else source
-        outputs = [head(x) for head, x in zip(self.heads, head_in)]
-        return reps, head_in, outputs
-
-
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = True):
     """Fully connected layers ``sizes[0] -> ... -> sizes[-1]`` with an activation after each."""
     layers: list[nn.Module] = []
@@ -257,7 +218,9 @@ class TaskPair(ABC):
 
     def build_model(self, data: TaskData, task_indices: Sequence[int] | None = None,
                     architecture: str = "shared") -> MultiTaskNet:
-        """Hard sharing (one trunk) or separate networks (one trunk per task, nothing shared)."""
+        """Hard sharing (one trunk), separate networks (one trunk per task, nothing shared) or
+        one of the architectures that give each task its own representation, built from this
+        pair's trunk and heads (:mod:`mtl_bench.architectures`)."""
         all_tasks = self.tasks()
         indices = list(range(len(all_tasks))) if task_indices is None else list(task_indices)
         width = self.hidden[-1] if self.hidden else data.n_features[0]
@@ -272,6 +235,10 @@ class TaskPair(ABC):
                 self.build_trunk(data.train.input_for(k if selected else i).shape[1]),
                 self.build_head(all_tasks[i], width)) for k, i in enumerate(indices)]
             return MultiTaskNet(nn.Identity(), heads)
+        if architecture in PER_TASK:
+            n_in = data.n_features[0]
+            return build_per_task(architecture, lambda: self.build_trunk(n_in),
+                                  [self.build_head(all_tasks[i], width) for i in indices], n_in)
         raise UserError(f"unknown architecture '{architecture}'; choose from: "
                         + ", ".join(ARCHITECTURES))
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mtl_bench import registry
+from mtl_bench.architectures import check_gradient_source
 from mtl_bench.clock import DivergenceGuard, PhaseTimer, StepClock, make_clock
 from mtl_bench.errors import RunDiverged, UserError
 from mtl_bench.metrics import get_metric
@@ -180,9 +181,7 @@ def validate(config: RunConfig) -> None:
     if config.single_task is not None and config.single_task not in names:
         raise UserError(f"task pair '{config.task}' has no task '{config.single_task}'; "
                         f"its tasks are: {', '.join(names)}")
-    if strategy.grad_source is not None and config.architecture == "separate":
-        raise UserError(f"strategy '{strategy}' needs gradients of shared parameters, but the "
-                        "'separate' architecture shares none; use --architecture shared")
+    check_gradient_source(config.architecture, strategy)
     try:
         device = torch.device(config.device)
     except RuntimeError:
@@ -247,8 +246,8 @@ def source_hash(obj: Any) -> str:
 
 #: Modules whose code decides a run's numbers besides the strategy's and the task pair's own.
 HARNESS_MODULES = ("mtl_bench.train", "mtl_bench.step", "mtl_bench.clock",
-                   "mtl_bench.selection", "mtl_bench.task", "mtl_bench.strategy",
-                   "mtl_bench.metrics")
+                   "mtl_bench.selection", "mtl_bench.task", "mtl_bench.architectures",
+                   "mtl_bench.strategy", "mtl_bench.metrics")
 
 
 @lru_cache(maxsize=1)

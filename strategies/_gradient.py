@@ -10,6 +10,7 @@ so the harness applies alpha @ G and logs alpha as the task weights.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,8 +20,18 @@ from torch import Tensor
 from mtl_bench.errors import check_param
 from mtl_bench.strategy import Strategy, TaskGradients, Update, check_grad_source
 
-#: A task whose squared gradient norm is below this fraction of the largest one counts as zero.
-ZERO_NORM = 1e-12
+#: Largest T for which the simplex problems (min-norm point, CAGrad's dual) are solved exactly
+#: by enumerating the 2^T - 1 candidate supports; more tasks use iterative solvers.
+EXACT_MAX_TASKS = 8
+
+
+def zero_norm_ratio(dtype: torch.dtype | None = None) -> float:
+    """A task gradient counts as zero when its norm is at most this fraction of the largest task
+    gradient norm: the machine epsilon of the gradients' floating-point type (2.2e-16 for
+    float64, 1.2e-7 for float32; float64 when ``dtype`` is None), i.e. the size of the largest
+    gradient's rounding error. Anything larger is a real gradient and is kept."""
+    dtype = torch.float64 if dtype is None or not dtype.is_floating_point else dtype
+    return float(torch.finfo(dtype).eps)
 
 
 class GradientStrategy(Strategy):
@@ -40,6 +51,14 @@ class GradientStrategy(Strategy):
         check_grad_source(source)
         self.source = source
         self.grad_source = source
+        #: Steps whose inner solver did not converge (iteration limit hit, no feasible candidate)
+        #: or gave non-finite weights; such a step falls back to a documented default instead of
+        #: failing silently. A running count: a caller wanting it per epoch takes differences.
+        self.solver_failures = 0
+
+    def solver_failed(self) -> None:
+        """Count one inner-solver failure on this step (see :attr:`solver_failures`)."""
+        self.solver_failures += 1
 
     def weights_from_gram(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
         raise NotImplementedError
@@ -51,6 +70,9 @@ class GradientStrategy(Strategy):
         gram = np.array(grads.gram.tolist())
         if np.isfinite(gram).all():
             alpha = self.weights_from_gram(gram, losses.detach())
+            if not np.isfinite(alpha).all():  # a solver breakdown: counted, equal weights
+                self.solver_failed()
+                alpha = np.ones(len(gram))
         else:
             # Non-finite gradients: no solver can help. Equal weights let the step go through so
             # the harness sees the non-finite loss next and records the run as diverged.
@@ -93,10 +115,13 @@ def check_int(name: str, value: object, minimum: int) -> None:
     check_param(ok, name, f"an integer >= {minimum}", value)
 
 
-def nonzero(gram: np.ndarray) -> np.ndarray:
-    """Mask of tasks whose gradient is not (numerically) zero."""
-    diag = np.diagonal(gram)
-    return diag > ZERO_NORM * max(float(diag.max()), 0.0)
+def nonzero(gram: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
+    """Mask of tasks whose gradient is not zero: ||g_i|| > eps max_j ||g_j||, with eps the
+    machine epsilon of ``dtype`` (:func:`zero_norm_ratio`; float64 when None). A gradient 1e-6
+    times the largest is kept; all-zero gradients give an all-False mask."""
+    norms = np.sqrt(np.clip(np.diagonal(gram), 0.0, None))
+    top = float(norms.max()) if len(norms) else 0.0
+    return norms > zero_norm_ratio(dtype) * top
 
 
 def normalised(gram: np.ndarray) -> np.ndarray:
@@ -120,23 +145,34 @@ def min_norm_pair(aa: float, ab: float, bb: float) -> float:
 
 def min_norm_simplex(gram: np.ndarray, max_iter: int = 250, tol: float = 1e-5) -> np.ndarray:
     """argmin over the simplex of alpha^T M alpha (the min-norm point of the convex hull of the
-    task gradients), by Frank-Wolfe with away steps and exact line search.
+    task gradients): :func:`min_norm_solve` without its convergence flag."""
+    return min_norm_solve(gram, max_iter, tol)[0]
+
+
+def frank_wolfe(gram: np.ndarray, max_iter: int = 250,
+                tol: float = 1e-5) -> tuple[np.ndarray, bool]:
+    """argmin over the simplex of alpha^T M alpha by Frank-Wolfe with away steps and exact line
+    search, and whether it converged.
 
     Plain Frank-Wolfe (Sener & Koltun 2018, Algorithm 2) moves towards the vertex e_s with the
     smallest (M alpha)_s and converges sublinearly when the solution lies on a face; away steps
     (moving away from the worst vertex in use) make the rate linear on a polytope. Starts at the
     uniform point and stops when the Frank-Wolfe duality gap alpha^T M alpha - (M alpha)_s,
-    which bounds the distance to the optimum, is at most ``tol`` or after ``max_iter`` steps.
+    which bounds alpha^T M alpha - its minimum, is at most ``tol`` alpha^T M alpha (relative to
+    the current point: then ||d - d*||^2 <= tol ||d||^2 for d = alpha @ G), or when
+    alpha^T M alpha is at rounding level (zero in the hull). Not converged after ``max_iter``
+    steps: returns the last point and False.
     """
     t = len(gram)
+    floor = np.finfo(np.float64).eps * max(float(np.abs(gram).max()), 1e-300)
     alpha = np.full(t, 1.0 / t)
     for _ in range(max_iter):
         m_alpha = gram @ alpha
         norm2 = float(alpha @ m_alpha)
         s = int(np.argmin(m_alpha))
         gap_fw = norm2 - float(m_alpha[s])
-        if gap_fw <= tol:
-            break
+        if gap_fw <= tol * norm2 or norm2 <= floor:
+            return alpha / alpha.sum(), True
         used = np.flatnonzero(alpha > 0)
         v = int(used[np.argmax(m_alpha[used])])
         gap_away = float(m_alpha[v]) - norm2
@@ -155,4 +191,80 @@ def min_norm_simplex(gram: np.ndarray, max_iter: int = 250, tol: float = 1e-5) -
         if step == step_max and gap_away > gap_fw:
             alpha[v] = 0.0  # a drop step removes the vertex exactly
         alpha = np.clip(alpha, 0.0, None)
-    return alpha / alpha.sum()
+    return alpha / alpha.sum(), False
+
+
+def scaled_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, n): C = M / (n n^T), n the task gradient norms, with the largest norm standing in for
+    a zero gradient's (so C is the cosine matrix, a zero row and column for zero gradients).
+    Solving for beta = alpha * n on C keeps every number O(1) whatever the norm ratios."""
+    norms = np.sqrt(np.clip(np.diagonal(gram), 0.0, None))
+    top = float(norms.max()) if len(norms) else 0.0
+    n = np.where(norms > zero_norm_ratio() * top, norms, top if top > 0 else 1.0)
+    return gram / np.outer(n, n), n
+
+
+def supports(t: int) -> itertools.chain:
+    """Every non-empty subset of range(t), as lists, smallest first."""
+    return itertools.chain.from_iterable(
+        (list(s) for s in itertools.combinations(range(t), k)) for k in range(1, t + 1))
+
+
+def bordered_solve(cos: np.ndarray, u: np.ndarray, rhs: np.ndarray, total: float) -> np.ndarray:
+    """beta with cos beta - mu u = rhs, u . beta = total for some mu: the stationarity of a
+    quadratic on the face {u . beta = total} (least squares when the system is singular)."""
+    k = len(u)
+    mat = np.zeros((k + 1, k + 1))
+    mat[:k, :k] = cos
+    mat[:k, k] = -u
+    mat[k, :k] = u
+    sol = np.linalg.lstsq(mat, np.append(rhs, total), rcond=None)[0]
+    return sol[:k]
+
+
+def candidate(beta: np.ndarray, n: np.ndarray, support: list[int], t: int) -> np.ndarray | None:
+    """The simplex point alpha (alpha_S = beta / n_S, 0 elsewhere), or None when beta is not
+    (up to rounding) non-negative."""
+    w = beta / n[support]
+    if not np.isfinite(w).all() or w.min() < -1e-9 * float(np.abs(w).max()):
+        return None
+    w = np.clip(w, 0.0, None)
+    if not w.sum() > 0:
+        return None
+    alpha = np.zeros(t)
+    alpha[support] = w / w.sum()
+    return alpha
+
+
+def min_norm_exact(gram: np.ndarray) -> np.ndarray | None:
+    """argmin over the simplex of alpha^T M alpha, exactly: for every support S the stationary
+    point of the quadratic on that face (a (|S|+1)-square linear solve on the cosine matrix,
+    see :func:`scaled_gram`); the non-negative ones are feasible points and the optimum is
+    among them, so the one with the smallest value is the minimum. None if none is feasible."""
+    t = len(gram)
+    cos, n = scaled_gram(gram)
+    u = 1.0 / n
+    u = u / u.max()
+    best, best_value = None, np.inf
+    for s in supports(t):
+        alpha = candidate(bordered_solve(cos[np.ix_(s, s)], u[s], np.zeros(len(s)), 1.0),
+                          n, s, t)
+        if alpha is not None:
+            beta = alpha * n
+            value = float(beta @ cos @ beta)
+            if value < best_value:
+                best, best_value = alpha, value
+    return best
+
+
+def min_norm_solve(gram: np.ndarray, max_iter: int = 250,
+                   tol: float = 1e-5) -> tuple[np.ndarray, bool]:
+    """The min-norm point of the convex hull of the task gradients, and whether the solver
+    converged: exact (:func:`min_norm_exact`) for T <= :data:`EXACT_MAX_TASKS`, else
+    Frank-Wolfe (:func:`min_norm_simplex`)."""
+    if len(gram) <= EXACT_MAX_TASKS:
+        alpha = min_norm_exact(gram)
+        if alpha is not None:
+            return alpha, True
+        return frank_wolfe(gram, max_iter, tol)[0], False  # the exact solve broke down
+    return frank_wolfe(gram, max_iter, tol)

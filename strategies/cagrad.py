@@ -12,7 +12,16 @@ from mtl_bench.errors import check_param
 from mtl_bench.registry import register_strategy
 from mtl_bench.strategy import check_positive
 
-from ._gradient import GradientStrategy, normalised
+from ._gradient import (
+    EXACT_MAX_TASKS,
+    GradientStrategy,
+    bordered_solve,
+    candidate,
+    min_norm_exact,
+    normalised,
+    scaled_gram,
+    supports,
+)
 
 RESCALES = (0, 1, 2)
 
@@ -49,8 +58,94 @@ def cagrad_dual_pair(gram: np.ndarray, c: float) -> np.ndarray:
     return np.array([t, 1.0 - t])
 
 
-def cagrad_dual(gram: np.ndarray, c: float) -> np.ndarray:
-    """Minimiser over the simplex of F(w) = w^T M 1/T + c ||g0|| sqrt(w^T M w), by SLSQP."""
+def cagrad_dual_exact(gram: np.ndarray, c: float) -> np.ndarray | None:
+    """Exact minimiser over the simplex of F(w) = w^T M 1/T + c ||g0|| sqrt(w^T M w).
+
+    For each support S of w, with rho = ||g_w|| and k = c ||g0||, stationarity on the face,
+    b_S + (k / rho) (M w)_S = lambda 1 (b = M 1/T), is linear in w for a fixed rho: w = A +
+    (rho / k) B from two small linear solves (on the cosine matrix, see
+    :func:`scaled_gram`). rho = ||g_w|| is then a quadratic equation in rho. Every non-negative
+    root gives a feasible point, the optimum is among them (or is the min-norm point, where
+    g_w = 0), so the feasible point of least F is the minimiser. None if none is feasible.
+    """
+    t = len(gram)
+    b = gram.mean(axis=1)
+    k = c * math.sqrt(max(float(gram.mean()), 0.0))
+    cos, n = scaled_gram(gram)
+    u = 1.0 / n
+    top = float(u.max())
+    u = u / top
+    b_n = b / n
+
+    def value(alpha: np.ndarray) -> float:
+        beta = alpha * n
+        return float(alpha @ b) + k * math.sqrt(max(float(beta @ cos @ beta), 0.0))
+
+    best = min_norm_exact(gram)
+    best_value = value(best) if best is not None else np.inf
+    for s in supports(t):
+        sub = cos[np.ix_(s, s)]
+        a = bordered_solve(sub, u[s], np.zeros(len(s)), 1.0) / top
+        v = bordered_solve(sub, u[s], -b_n[s], 0.0)
+        # (v C v - k^2) x^2 + 2 (a C v) x + a C a = 0 for x = rho / k
+        q2, q1, q0 = float(v @ sub @ v) - k * k, float(a @ sub @ v), float(a @ sub @ a)
+        if abs(q2) <= 1e-14 * max(abs(q1), abs(q0), 1e-300):
+            roots = [-q0 / (2.0 * q1)] if q1 != 0.0 else []
+        else:
+            disc = q1 * q1 - q2 * q0
+            if disc < 0.0:
+                continue
+            root = math.sqrt(disc)
+            # the two roots of q2 x^2 + 2 q1 x + q0, each without cancellation
+            big = -q1 - math.copysign(root, q1) if q1 != 0.0 else root
+            roots = [big / q2] + ([q0 / big] if big != 0.0 else [-big / q2])
+        for x in roots:
+            if not x > 0.0:
+                continue
+            alpha = candidate(a + x * v, n, s, t)
+            if alpha is not None:
+                f = value(alpha)
+                if f < best_value:
+                    best, best_value = alpha, f
+    return best
+
+
+def no_conflict_projection(gram: np.ndarray) -> np.ndarray | None:
+    """y >= 0 such that d = g0 + sum_i y_i g_i is the closest point to g0 with g_i . d >= 0 for
+    every task, or None if the exact solve finds none (T <= :data:`EXACT_MAX_TASKS`).
+
+    The dual is min_{y >= 0} y^T M y / 2 + y . b (b = M 1/T). For every support S of y the
+    stationary point solves M_SS y_S = -b_S (on the cosine matrix, least squares when
+    singular); those with y >= 0 and g_i . d >= 0 (up to rounding) are feasible, and the one
+    nearest to g0 is the projection.
+    """
+    t = len(gram)
+    if t > EXACT_MAX_TASKS:
+        return None
+    b = gram.mean(axis=1)
+    cos, n = scaled_gram(gram)
+    b_n = b / n
+    tol = 1e-9 * max(float(np.abs(b_n).max()), 1e-300)
+    if b_n.min() >= -tol:
+        return np.zeros(t)  # g0 itself conflicts with no task
+    best, best_value = None, np.inf
+    for s in supports(t):
+        beta = np.zeros(t)
+        beta[s] = np.linalg.lstsq(cos[np.ix_(s, s)], -b_n[s], rcond=None)[0]
+        if not np.isfinite(beta).all() or beta.min() < -1e-9 * float(np.abs(beta).max()):
+            continue
+        beta = np.clip(beta, 0.0, None)
+        if (b_n + cos @ beta).min() < -tol:
+            continue
+        value = float(beta @ cos @ beta)
+        if value < best_value:
+            best, best_value = beta / n, value
+    return best
+
+
+def cagrad_dual_slsqp(gram: np.ndarray, c: float) -> tuple[np.ndarray, bool]:
+    """Minimiser over the simplex of F(w) = w^T M 1/T + c ||g0|| sqrt(w^T M w), by SLSQP, and
+    whether SLSQP reported success."""
     t = len(gram)
     b = gram.mean(axis=1)
     k = c * math.sqrt(max(float(gram.mean()), 0.0))
@@ -63,9 +158,33 @@ def cagrad_dual(gram: np.ndarray, c: float) -> np.ndarray:
     res = minimize(f, np.full(t, 1.0 / t), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * t,
                    constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
                                  "jac": lambda w: np.ones_like(w)}],
-                   options={"ftol": 1e-10, "maxiter": 200})
+                   options={"ftol": 1e-12, "maxiter": 500})
     w = np.clip(res.x, 0.0, None)
-    return w / w.sum()
+    ok = bool(res.success) and np.isfinite(w).all() and w.sum() > 0
+    return (w / w.sum(), True) if ok else (np.full(t, 1.0 / t), False)
+
+
+def cagrad_dual_solve(gram: np.ndarray, c: float) -> tuple[np.ndarray, bool]:
+    """The dual minimiser w* and whether the solver succeeded: closed form for two tasks,
+    :func:`cagrad_dual_exact` up to :data:`EXACT_MAX_TASKS` tasks, SLSQP beyond."""
+    if len(gram) == 2:
+        return cagrad_dual_pair(gram, c), True
+    if len(gram) <= EXACT_MAX_TASKS:
+        w = cagrad_dual_exact(gram, c)
+        if w is not None:
+            return w, True
+        return cagrad_dual_slsqp(gram, c)[0], False
+    return cagrad_dual_slsqp(gram, c)
+
+
+def cagrad_dual(gram: np.ndarray, c: float) -> np.ndarray:
+    """Minimiser over the simplex of F(w) = w^T M 1/T + c ||g0|| sqrt(w^T M w) (any T)."""
+    t = len(gram)
+    if t <= EXACT_MAX_TASKS:
+        w = cagrad_dual_exact(gram, c)
+        if w is not None:
+            return w
+    return cagrad_dual_slsqp(gram, c)[0]
 
 
 @register_strategy("cagrad")
@@ -85,11 +204,17 @@ class CAGrad(GradientStrategy):
 
     So alpha = 1/T + (c ||g0|| / ||g_w*||) w*, over the rescale factor. c = 0 gives the mean
     gradient (note: the mean, not the sum that fixed equal weights apply). Two tasks use an exact
-    closed form of the one-dimensional dual; more tasks solve it with SLSQP (scipy, ftol 1e-10,
-    at most 200 iterations), like the official code. The Gram matrix is normalised by its mean
+    closed form of the one-dimensional dual. Up to 8 tasks the dual is solved exactly (departure:
+    the official code uses SLSQP, which stalls near its start when gradient norms differ by 1e4
+    or more): on each support of w, stationarity makes w affine in rho = ||g_w||, and rho solves
+    a quadratic equation; the feasible point of least dual value is the minimiser. More tasks
+    use SLSQP (scipy, ftol 1e-12, at most 500 iterations); an SLSQP failure is counted in
+    ``solver_failures`` and gives the mean gradient. The Gram matrix is normalised by its mean
     diagonal first (w* does not depend on the gradient scale). When the dual optimum has
-    g_w* = 0 (e.g. a task with a zero gradient) the formula is undefined and the update falls
-    back to the mean gradient (the official code's 1e-8 guard would give an arbitrary step).
+    g_w* = 0 (e.g. a task with a zero gradient) the formula is undefined and the update
+    falls back to the point nearest g0 that conflicts with no task (g_i . d >= 0 for all i; it
+    lies in the ball and attains the optimum, 0), found exactly up to 8 tasks, else the mean
+    gradient (the official code's 1e-8 guard would give an arbitrary step).
 
     Args:
         c: radius of the ball relative to ||g0||, >= 0 (paper: 0.4 to 0.5; c < 1 keeps
@@ -116,8 +241,15 @@ class CAGrad(GradientStrategy):
         alpha = np.full(t, 1.0 / t)
         g0_norm = math.sqrt(max(float(gram.mean()), 0.0))
         if self.c > 0 and g0_norm > 0:
-            w = cagrad_dual_pair(gram, self.c) if t == 2 else cagrad_dual(gram, self.c)
-            gw_norm = math.sqrt(max(float(w @ gram @ w), 0.0))
+            w, ok = cagrad_dual_solve(gram, self.c)
+            if not ok:
+                self.solver_failed()
+            cos, n = scaled_gram(gram)
+            gw_norm = math.sqrt(max(float((w * n) @ cos @ (w * n)), 0.0))
             if gw_norm > 1e-12 * g0_norm:
                 alpha = alpha + (self.c * g0_norm / gw_norm) * w
+            else:  # the optimum is 0: any d in the ball that conflicts with no task attains it
+                y = no_conflict_projection(gram)
+                if y is not None:
+                    alpha = alpha + y
         return alpha / {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]

@@ -49,9 +49,11 @@ class IMTLG(GradientStrategy):
     the shared representation for speed, which is ``source="rep"`` here.
 
     Departures: only the gradient part (IMTL-G) is implemented, not the loss scaling IMTL-L
-    (the paper's full IMTL combines both). Tasks with a zero gradient are left out of the solve
-    and get weight 0 (any weight gives the same update); if D U^T is singular the least-squares
-    minimum-norm solution is used.
+    (the paper's full IMTL combines both). Tasks with a zero gradient (norm at most the machine
+    epsilon of the gradients' dtype times the largest task gradient norm, 2.2e-16 in float64,
+    1.2e-7 in float32) are left out of the solve and get weight 0 (any weight gives the same
+    update); every other task, however small its gradient, keeps the equal-projection
+    condition. If D U^T is singular the least-squares minimum-norm solution is used.
 
     Args:
         source: ``shared`` (gradients of the shared parameters) or ``rep`` (the shared
@@ -67,7 +69,7 @@ class IMTLG(GradientStrategy):
 
     def weights_from_gram(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
         t = len(gram)
-        keep = nonzero(gram)
+        keep = nonzero(gram, losses.dtype)
         if keep.all():
             return imtl_g_weights(normalised(gram))
         if not keep.any():

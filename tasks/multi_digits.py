@@ -112,6 +112,12 @@ class LeNetTrunk(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x.view(-1, 1, DIGIT, self.width)))
 
+    def stages(self) -> list[nn.Module]:
+        """The trunk cut after each learned layer (conv block, conv block, fully connected),
+        for architectures that mix or gate between layers (cross-stitch, PLE)."""
+        return [nn.Sequential(nn.Unflatten(1, (1, DIGIT, self.width)), *self.features[:3]),
+                self.features[3:], self.fc]
+
 
 @register_task("multi-digits")
 class MultiDigits(TaskPair):

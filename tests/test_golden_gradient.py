@@ -374,3 +374,95 @@ def test_upgrad_is_the_mean_dual_cone_projection_and_never_conflicts(t, seed):
     ref = np.mean([_dual_cone_projection(g, i) for i in range(t)], axis=0)
     np.testing.assert_allclose(d, ref, atol=1e-6)
     assert (g @ d >= -1e-10).all()
+
+
+# -- zero gradients, exact solvers and solver failures ---------------------------------------
+def test_zero_gradient_threshold_is_relative_and_follows_the_dtype():
+    helpers = _module("mgda")  # the shared helpers, through a strategy module
+    gram = np.diag([1.0, 1e-12, 0.0])  # norms 1, 1e-6, 0
+    zero = importlib.import_module(helpers.__package__ + "._gradient")
+    np.testing.assert_array_equal(zero.nonzero(gram), [True, True, False])
+    np.testing.assert_array_equal(zero.nonzero(np.diag([1.0, 1e-20, 0.0]), torch.float32),
+                                  [True, False, False])  # norm ratio 1e-10 < float32 eps
+    assert zero.zero_norm_ratio(torch.float64) == np.finfo(np.float64).eps
+    assert not zero.nonzero(np.zeros((2, 2))).any()
+
+
+@pytest.mark.parametrize("small", [1e-6, 1e-9])
+def test_imtl_g_and_nash_keep_a_task_with_a_tiny_gradient(small):
+    g = _random(3, 6, 11)
+    g[2] *= small / np.linalg.norm(g[2])
+    w = _weights("imtl_g", g)
+    proj = (g / np.linalg.norm(g, axis=1, keepdims=True)) @ (w @ g)
+    assert w[2] != 0.0
+    np.testing.assert_allclose(proj, np.full(3, proj[0]), rtol=1e-7)
+    w = _weights("nash_mtl", g, max_norm=0.0)
+    assert (w > 0).all()
+    np.testing.assert_allclose(w * (g @ g.T @ w), np.ones(3), rtol=1e-6)
+
+
+def test_cagrad_exact_dual_matches_slsqp_on_benign_inputs_and_beats_it_at_extreme_ratios():
+    cagrad = _module("cagrad")
+    for t, seed in [(3, 0), (4, 1), (5, 2)]:
+        m = _random(t, 8, seed) @ _random(t, 8, seed).T
+        np.testing.assert_allclose(cagrad.cagrad_dual(m, 0.5),
+                                   cagrad.cagrad_dual_slsqp(m, 0.5)[0], atol=1e-4)
+    # norms 1e-3, 1, 1e3: the worst task's improvement is the primal optimum
+    g = _random(3, 5, 7) * np.array([1e-3, 1.0, 1e3])[:, None]
+    d = _weights("cagrad", g, c=0.5, rescale=0) @ g
+    g0 = g.mean(axis=0)
+    assert np.linalg.norm(d - g0) == pytest.approx(0.5 * np.linalg.norm(g0), rel=1e-9)
+    # the dual certificate: min_i g_i.d equals F(w*) for the exact w*, its upper bound
+    m = g @ g.T
+    w = cagrad.cagrad_dual(m, 0.5)
+    dual = w @ m.mean(axis=1) + 0.5 * np.linalg.norm(g0) * math.sqrt(w @ m @ w)
+    assert (g @ d).min() == pytest.approx(dual, rel=1e-9)
+
+
+def test_cagrad_with_zero_in_the_hull_returns_a_conflict_free_step_in_the_ball():
+    g = _random(3, 6, 5)
+    g[1] = 0.0
+    g[2] = -2.0 * g[0] + 0.1 * g[2]
+    d = _weights("cagrad", g, c=0.5, rescale=0) @ g
+    g0 = g.mean(axis=0)
+    assert np.linalg.norm(d - g0) <= 0.5 * np.linalg.norm(g0) * (1 + 1e-9)
+    assert (g @ d).min() >= -1e-9 * np.linalg.norm(g, axis=1).max() * np.linalg.norm(g0)
+
+
+def test_mgda_exact_min_norm_point_at_a_norm_ratio_of_1e6():
+    g = _random(5, 7, 3) * np.logspace(-3, 3, 5)[:, None]
+    ref = _min_norm_reference(g / np.linalg.norm(g, axis=1, keepdims=True))  # direction only
+    w = _weights("mgda", g)
+    d = w @ g
+    assert (g @ d >= d @ d * (1 - 1e-9)).all()  # min-norm optimality: g_i.d >= ||d||^2
+    assert np.isfinite(ref).all()
+
+
+def test_mgda_frank_wolfe_stops_relative_to_the_point_beyond_the_exact_range():
+    gradient = importlib.import_module(_module("mgda").__package__ + "._gradient")
+    g = _random(10, 20, 4) * np.logspace(-2, 2, 10)[:, None]
+    m = gradient.normalised(g @ g.T)
+    alpha, ok = gradient.frank_wolfe(m, 100000, 1e-12)
+    assert ok
+    d = alpha @ g
+    assert (g @ d >= d @ d * (1 - 1e-5)).all()
+
+
+def test_solver_failures_are_counted():
+    s = _setup("mgda", 10, max_iter=1)
+    assert s.solver_failures == 0
+    _step(s, _random(10, 20, 0) + 0.3)
+    assert s.solver_failures == 1  # Frank-Wolfe (T > 8) hit max_iter
+    nash = _module("nash_mtl")
+    s = _setup("nash_mtl", 3, max_norm=0.0)
+    old = nash.NEWTON_ITER
+    nash.NEWTON_ITER = 1
+    try:
+        _step(s, _random(3, 5, 1))
+    finally:
+        nash.NEWTON_ITER = old
+    assert s.solver_failures == 1
+    s = _setup("imtl_g", 3)
+    s.weights_from_gram = lambda gram, losses: np.full(3, np.nan)
+    np.testing.assert_array_equal(_step(s, _random(3, 5, 2)), np.ones(3))
+    assert s.solver_failures == 1

@@ -124,7 +124,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="NAME.PARAM=V[,V...]",
                    help="strategy hyper-parameter or task-pair option; several values form a "
                         "grid; list values use '/' (fixed.weights=1/0.5)")
-    p.add_argument("--architecture", default=None, help="shared (hard sharing) or separate")
+    p.add_argument("--architecture", default=None,
+                   help="shared (hard sharing, default), separate, cross-stitch, mmoe, cgc, ple "
+                        "or dselect-k (docs/tasks.md#architectures)")
     p.add_argument("--sampling", default=None,
                    help="batch sampling for pairs with one dataset per task: proportional, "
                         "equal or temperature")

@@ -1,0 +1,270 @@
+"""Gradient strategies at extreme gradient-norm ratios, against exact references.
+
+A battery of float64 gradient matrices (T in {2, 3, 5}, P in {10, 1000}; Gaussian, conflicting,
+nearly parallel, with one zero row, rank-deficient; row norms all 1, spread over 1e-2..1e2 or
+over 1e-3..1e3, i.e. ratios up to 1e6). Each reference solves the method's defining problem
+from the Gram matrix of the vectors computed in 50-digit arithmetic (mpmath), by a route other
+than the strategy's: KKT conditions checked for every support (MGDA, CAGrad's primal problem),
+a direct linear solve (IMTL-G), Newton's method to full precision (Nash-MTL). Errors are
+relative: ||d - d*|| / ||d*|| for the update d = alpha @ G.
+"""
+
+import itertools
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+from mtl_bench.strategy import REGRESSION, TaskGradients, TaskInfo
+from mtl_bench.train import build_strategy
+
+mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+mp.dps = 50
+TOL = 1e-6
+KINDS = ["gauss", "conflict", "parallel", "zero_row", "rank_def"]
+SCALES = {"unit": 0.0, "1e4": 2.0, "1e6": 3.0}  # row norms 10^[-e, e]
+
+
+def _matrix(t, p, kind, scale, seed):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((t, p))
+    if kind == "conflict":
+        z = z - 0.9 * z.mean(axis=0)  # pairwise negative cosines
+    elif kind == "parallel":
+        z = rng.standard_normal(p) + 1e-3 * z
+    elif kind == "rank_def":
+        # rank max(T - 1, 1); positive coefficients keep 0 out of the cone of the gradients
+        r = max(t - 1, 1)
+        z = np.abs(rng.standard_normal((t, r))) @ rng.standard_normal((r, p))
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    e = SCALES[scale]
+    z = z * (10.0 ** np.linspace(-e, e, t))[rng.permutation(t), None]
+    if kind == "zero_row":
+        z[1] = 0.0
+    return z
+
+
+CASES = [(t, p, kind, scale, 100 * t + 10 * i + j)
+         for t in (2, 3, 5) for p in (10, 1000)
+         for i, kind in enumerate(KINDS) for j, scale in enumerate(SCALES)]
+IDS = [f"T{t}-P{p}-{kind}-{scale}" for t, p, kind, scale, _ in CASES]
+_GRAMS = {}
+
+
+def _mp_gram(g):
+    key = g.tobytes()
+    if key not in _GRAMS:
+        rows = [[mp.mpf(float(x)) for x in r] for r in g]
+        t = len(rows)
+        m = mp.matrix(t, t)
+        for i in range(t):
+            for j in range(i, t):
+                m[i, j] = m[j, i] = mp.fdot(rows[i], rows[j])
+        _GRAMS[key] = m
+    return _GRAMS[key]
+
+
+def _quad(m, a, b):
+    return mp.fsum(a[i] * m[i, j] * b[j] for i in range(len(a)) for j in range(len(b)))
+
+
+def _rel_err(m, alpha, ref):
+    """||d - d*|| / ||d*|| with d = alpha @ G, exactly (from the 50-digit Gram)."""
+    a = [mp.mpf(float(x)) for x in alpha]
+    diff = [a[i] - ref[i] for i in range(len(a))]
+    return float(mp.sqrt(abs(_quad(m, diff, diff))) / mp.sqrt(_quad(m, ref, ref)))
+
+
+def _solve(mat, rhs):
+    try:
+        return mp.lu_solve(mat, mp.matrix(rhs))
+    except ZeroDivisionError:
+        return None
+
+
+def _weights(name, g, **params):
+    s = build_strategy(name, params)
+    s.setup([TaskInfo(f"t{i}", REGRESSION) for i in range(len(g))], seed=0)
+    grads = TaskGradients(torch.as_tensor(g), "shared")
+    w = s.combine(torch.ones(len(g), dtype=torch.float64), grads).weights.numpy()
+    assert s.solver_failures == 0
+    return w
+
+
+# -- exact references ------------------------------------------------------------------------
+def _min_norm_ref(m):
+    """argmin over the simplex of a^T M a: the support whose KKT point is primal and dual
+    feasible (M_SS a_S = lam 1, a >= 0, (M a)_j >= lam off S)."""
+    t = m.rows
+    tol = mp.mpf(10) ** -30 * max(abs(m[i, i]) for i in range(t))
+    for k in range(1, t + 1):
+        for s in itertools.combinations(range(t), k):
+            mat = mp.matrix(k + 1, k + 1)
+            for a, i in enumerate(s):
+                for b, j in enumerate(s):
+                    mat[a, b] = m[i, j]
+                mat[a, k], mat[k, a] = -1, 1
+            sol = _solve(mat, [0] * k + [1])
+            if sol is None or any(sol[a] < -tol for a in range(k)):
+                continue
+            alpha = [mp.mpf(0)] * t
+            for a, i in enumerate(s):
+                alpha[i] = sol[a]
+            lam = sol[k]
+            if all(mp.fsum(m[j, i] * alpha[i] for i in range(t)) >= lam - tol
+                   for j in range(t) if j not in s):
+                return alpha
+    raise AssertionError("no KKT point")
+
+
+def _cagrad_ref(m, c):
+    """CAGrad's primal max_d min_i g_i.d, ||d - g0|| <= c ||g0||, by its KKT conditions:
+    d = g0 + sum_{i in S} y_i g_i, y >= 0, g_i.d = t on S, >= t off S, ||d - g0|| = c ||g0||.
+    Returns (alpha*, t*) with d* = alpha* @ G, or None when no such point exists (0 in the
+    hull of the gradients and a primal value of 0, attained by many d)."""
+    n = m.rows
+    b = [mp.fsum(m[i, j] for j in range(n)) / n for i in range(n)]
+    r2 = c * c * mp.fsum(b) / n
+    tol = mp.mpf(10) ** -30 * max(abs(m[i, i]) for i in range(n))
+    best = None
+    for k in range(1, n + 1):
+        for s in itertools.combinations(range(n), k):
+            sub = mp.matrix([[m[i, j] for j in s] for i in s])
+            p, q = _solve(sub, [1] * k), _solve(sub, [b[i] for i in s])
+            if p is None or q is None:
+                continue
+            a2, a1 = mp.fsum(p), mp.fsum(q)
+            a0 = mp.fsum(b[i] * q[x] for x, i in enumerate(s)) - r2
+            disc = a1 * a1 - a2 * a0
+            if disc < 0 or a2 == 0:
+                continue
+            for t_val in ((a1 + mp.sqrt(disc)) / a2, (a1 - mp.sqrt(disc)) / a2):
+                y = [t_val * p[x] - q[x] for x in range(k)]
+                if any(v < -tol for v in y):
+                    continue
+                alpha = [mp.mpf(1) / n] * n
+                for x, i in enumerate(s):
+                    alpha[i] += y[x]
+                gains = [mp.fsum(m[j, i] * alpha[i] for i in range(n)) for j in range(n)]
+                if all(v >= t_val - tol * 10 for v in gains):
+                    if best is None or t_val > best[1]:
+                        best = (alpha, t_val)
+    return best
+
+
+def _imtl_g_ref(m, keep):
+    """IMTL-G on the kept tasks: sum alpha = 1, d.u_1 = d.u_i, a direct linear solve."""
+    ks = list(keep)
+    k = len(ks)
+    norms = [mp.sqrt(m[i, i]) for i in ks]
+    mat = mp.matrix(k, k)
+    for a in range(k):
+        mat[0, a] = 1
+        for i in range(1, k):
+            mat[i, a] = m[ks[a], ks[0]] / norms[0] - m[ks[a], ks[i]] / norms[i]
+    sol = _solve(mat, [1] + [0] * (k - 1))
+    alpha = [mp.mpf(0)] * m.rows
+    for a, i in enumerate(ks):
+        alpha[i] = sol[a]
+    return alpha
+
+
+def _nash_ref(m, keep, start):
+    """alpha > 0 with alpha_i (M alpha)_i = 1 on the kept tasks: Newton on C beta = 1 / beta
+    from the strategy's answer, to 50 digits."""
+    ks = list(keep)
+    norms = [mp.sqrt(m[i, i]) for i in ks]
+    cos = mp.matrix([[m[i, j] / (norms[a] * norms[b]) for b, j in enumerate(ks)]
+                     for a, i in enumerate(ks)])
+    beta = mp.matrix([mp.mpf(float(start[i])) * norms[a] for a, i in enumerate(ks)])
+    for _ in range(60):
+        f = cos * beta - mp.matrix([1 / x for x in beta])
+        jac = cos + mp.diag([1 / x**2 for x in beta])
+        beta = beta - mp.lu_solve(jac, f)
+    assert mp.norm(cos * beta - mp.matrix([1 / x for x in beta])) < mp.mpf(10) ** -30
+    alpha = [mp.mpf(0)] * m.rows
+    for a, i in enumerate(ks):
+        alpha[i] = beta[a] / norms[a]
+    return alpha
+
+
+# -- the battery -----------------------------------------------------------------------------
+def _zero_in_hull(m, ref):
+    return _quad(m, ref, ref) < mp.mpf(10) ** -20 * max(m[i, i] for i in range(m.rows))
+
+
+@pytest.mark.parametrize("t,p,kind,scale,seed", CASES, ids=IDS)
+def test_mgda_is_the_exact_min_norm_point(t, p, kind, scale, seed):
+    g = _matrix(t, p, kind, scale, seed)
+    m = _mp_gram(g)
+    alpha = _weights("mgda", g)
+    ref = _min_norm_ref(m)
+    assert alpha.min() >= 0 and alpha.sum() == pytest.approx(1.0, abs=1e-12)
+    if _zero_in_hull(m, ref):  # the min-norm point is 0: d at rounding level of the largest g
+        d = alpha @ g
+        assert np.linalg.norm(d) <= 1e-7 * np.linalg.norm(g, axis=1).max()
+    else:
+        assert _rel_err(m, alpha, ref) <= TOL
+
+
+@pytest.mark.parametrize("c", [0.5, 0.9])
+@pytest.mark.parametrize("t,p,kind,scale,seed", CASES, ids=IDS)
+def test_cagrad_solves_its_primal_problem_exactly(t, p, kind, scale, seed, c):
+    g = _matrix(t, p, kind, scale, seed)
+    m = _mp_gram(g)
+    alpha = _weights("cagrad", g, c=c, rescale=0)
+    d, g0 = alpha @ g, g.mean(axis=0)
+    # the ball constraint
+    assert np.linalg.norm(d - g0) <= c * np.linalg.norm(g0) * (1 + TOL)
+    worst = min(_quad(m, [mp.mpf(float(x)) for x in alpha], [mp.mpf(i == j) for i in range(t)])
+                for j in range(t))
+    scale = float(mp.sqrt(max(m[i, i] for i in range(t)))) * np.linalg.norm(g0)
+    found = _cagrad_ref(m, c)
+    if found is None:
+        # 0 is in the hull and the optimum is 0 (the dual's g_w* = 0): d must attain it
+        assert _zero_in_hull(m, _min_norm_ref(m))
+        assert float(worst) >= -TOL * scale
+        return
+    ref, best = found
+    # the ball constraint is active, the worst task's improvement is the optimum, and d is the
+    # maximiser
+    assert np.linalg.norm(d - g0) == pytest.approx(c * np.linalg.norm(g0), rel=TOL)
+    assert abs(float(worst - best)) <= TOL * scale
+    assert _rel_err(m, alpha, ref) <= TOL
+
+
+@pytest.mark.parametrize("t,p,kind,scale,seed", CASES, ids=IDS)
+def test_imtl_g_equal_projections_exactly(t, p, kind, scale, seed):
+    g = _matrix(t, p, kind, scale, seed)
+    alpha = _weights("imtl_g", g)
+    keep = np.flatnonzero(np.linalg.norm(g, axis=1) > 0)
+    assert (alpha[np.linalg.norm(g, axis=1) == 0] == 0).all()
+    if kind == "rank_def":
+        # T gradients in T - 1 dimensions: the equal-projection system is singular
+        assert np.isfinite(alpha).all()
+        return
+    m = _mp_gram(g)
+    ref = _imtl_g_ref(m, keep)
+    assert alpha.sum() == pytest.approx(1.0, rel=1e-9)
+    assert _rel_err(m, alpha, ref) <= TOL
+    # the paper's condition: equal projections of d on every kept unit gradient
+    a = [mp.mpf(float(x)) for x in alpha]
+    proj = [mp.fsum(m[i, j] * a[j] for j in range(t)) / mp.sqrt(m[i, i]) for i in keep]
+    assert float((max(proj) - min(proj)) / max(abs(x) for x in proj)) <= TOL
+
+
+@pytest.mark.parametrize("t,p,kind,scale,seed", CASES, ids=IDS)
+def test_nash_mtl_bargaining_equations_exactly(t, p, kind, scale, seed):
+    g = _matrix(t, p, kind, scale, seed)
+    alpha = _weights("nash_mtl", g, max_norm=0.0)
+    keep = np.flatnonzero(np.linalg.norm(g, axis=1) > 0)
+    assert (alpha[keep] > 0).all() and (alpha[np.linalg.norm(g, axis=1) == 0] == 0).all()
+    m = _mp_gram(g)
+    ref = _nash_ref(m, keep, alpha)
+    err = max(abs(float((mp.mpf(float(alpha[i])) - ref[i]) / ref[i])) for i in keep)
+    assert err <= TOL
+    # the paper's condition: alpha_i (G alpha)_i = 1 for every kept task
+    a = [mp.mpf(float(x)) for x in alpha]
+    cond = [a[i] * mp.fsum(m[i, j] * a[j] for j in range(t)) for i in keep]
+    assert max(abs(float(x - 1)) for x in cond) <= TOL
