@@ -100,6 +100,7 @@ def aggregate_records(records: Sequence[dict[str, Any]],
     settings = prepare(records, tuned, metrics)
 
     runs = _runs_table(settings)
+    _note_solver_failures(settings, runs)
     long = _long_table(settings)
     values = _per_seed(long)
     summary, ranks = _summary_tables(settings, values, ci, level)
@@ -239,7 +240,8 @@ def _runs_table(settings: list[Setting]) -> pd.DataFrame:
                    "device": prov.get("device"), "machine": prov.get("machine"),
                    "threads": prov.get("threads"), "schema": r.get("schema"),
                    "code_strategy": code.get("strategy"), "code_task": code.get("task"),
-                   "code_harness": code.get("harness"), "git_commit": prov.get("git_commit")}
+                   "code_harness": code.get("harness"), "git_commit": prov.get("git_commit"),
+                   "solver_failures": sum(r.get("solver_failures") or [])}
             for k, v in (r.get("throughput") or {}).items():
                 row[f"tp_{k}"] = v
             rows.append(row)
@@ -248,6 +250,18 @@ def _runs_table(settings: list[Setting]) -> pd.DataFrame:
         if f"tp_{col}" not in df:  # no run was timed (all failed early): keep the columns
             df[f"tp_{col}"] = math.nan
     return df.sort_values([SETTING, STRATEGY, SEED, RUN_ID], kind="stable").reset_index(drop=True)
+
+
+def _note_solver_failures(settings: list[Setting], runs: pd.DataFrame) -> None:
+    """A strategy whose inner solver did not converge gets a note in its setting (the runs
+    table has the count per run, the records per epoch)."""
+    failing = runs[runs["solver_failures"] > 0] if "solver_failures" in runs else runs.iloc[0:0]
+    for s in settings:
+        mine = failing[failing[SETTING] == s.label]
+        for lb, rows in mine.groupby(STRATEGY, sort=True):
+            n = int(rows["solver_failures"].sum())
+            s.notes.append(f"{lb}: its inner solver did not converge {n} time(s) in "
+                           f"{len(rows)} run(s) (per epoch in the records, solver_failures)")
 
 
 def _long_table(settings: list[Setting]) -> pd.DataFrame:

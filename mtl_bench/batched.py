@@ -57,6 +57,7 @@ from mtl_bench.train import (
     build_task_pair,
     classification_details,
     evaluate,
+    failures_since,
     make_optimizer,
     set_up_run,
     train_run,
@@ -108,6 +109,7 @@ class _Seed:
     curves: list[list[Any]] = field(default_factory=list)
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     unread: list[dict[str, Any]] = field(default_factory=list)
+    solver_failures: list[int] = field(default_factory=list)
     steps: int = 0
     alive: bool = True
     wall_s: float = 0.0
@@ -339,6 +341,8 @@ def train_batched(configs: Sequence[RunConfig], progress: Callable[[str], None] 
                 for task, value in zip(tasks, train_rows[k]):
                     s.curves.append([epoch, "train", task.name, "loss", value])
                 strategy.on_epoch_end(k, epoch, mean_losses[k])
+                s.solver_failures.append(failures_since(strategy.members[k],
+                                                        s.solver_failures))
                 res = log_eval(s, k, epoch)
                 if s.selector.offer(epoch, res["val"]):
                     s.best_state = {n: v.detach().clone()
@@ -379,6 +383,7 @@ def train_batched(configs: Sequence[RunConfig], progress: Callable[[str], None] 
         record["weights"] = {"tasks": [t.name for t in tasks], "steps_per_epoch": n_steps,
                              "values": weights_log[k, :s.steps].cpu().tolist()}
         record["diagnostics"] = s.diagnostics
+        record["solver_failures"] = s.solver_failures
         record["throughput"] = dict(throughput)
         record["summary"] = [row for row in s.curves
                              if row[0] == s.selector.epoch and row[1] != "train"]

@@ -381,6 +381,13 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
+def failures_since(strategy: Strategy, per_epoch: list[int]) -> int:
+    """Inner-solver failures of ``strategy`` (its running ``solver_failures`` counter, which
+    gradient methods keep) since the epochs already in ``per_epoch``: a solver that did not
+    converge is never silent, the record counts it per epoch and the report shows it."""
+    return int(getattr(strategy, "solver_failures", 0)) - sum(per_epoch)
+
+
 def set_up_run(config: RunConfig, device: torch.device
                ) -> tuple[TaskPair, list[Task], TaskData, MultiTaskNet, Strategy, dict[str, Any]]:
     """Everything a run builds before its first step, in a fixed order, so that a seed gives
@@ -487,6 +494,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
     start = time.perf_counter()
     step = 0
     selector = Selector(config.select, tasks)
+    solver_failures: list[int] = []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         selector.begin(log_eval(0)["val"])
@@ -523,6 +531,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
             for task, value in zip(tasks, clock.read(mean_losses)):
                 curves.append([epoch, "train", task.name, "loss", value])
             strategy.on_epoch_end(epoch, mean_losses)
+            solver_failures.append(failures_since(strategy, solver_failures))
             res = log_eval(epoch)
             if selector.offer(epoch, res["val"]):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -550,6 +559,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
     record["weights"] = {"tasks": [t.name for t in tasks], "steps_per_epoch": n_steps,
                          "values": weights_log[:step].cpu().tolist()}
     record["diagnostics"] = diagnostics
+    record["solver_failures"] = solver_failures
     throughput = timer.summary()
     if graphs:
         notes += run_step.notes

@@ -10,6 +10,7 @@ so the harness applies alpha @ G and logs alpha as the task weights.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -58,7 +59,7 @@ class GradientStrategy(Strategy):
 
     def solver_failed(self) -> None:
         """Count one inner-solver failure on this step (see :attr:`solver_failures`)."""
-        self.solver_failures += 1
+        self.solver_failures = getattr(self, "solver_failures", 0) + 1
 
     def weights_from_gram(self, gram: np.ndarray, losses: Tensor) -> np.ndarray:
         raise NotImplementedError
@@ -204,35 +205,43 @@ def scaled_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gram / np.outer(n, n), n
 
 
-def supports(t: int) -> itertools.chain:
-    """Every non-empty subset of range(t), as lists, smallest first."""
-    return itertools.chain.from_iterable(
-        (list(s) for s in itertools.combinations(range(t), k)) for k in range(1, t + 1))
+def supports(t: int) -> list[np.ndarray]:
+    """Every non-empty subset of range(t), grouped by size: one (N_k, k) int array per k."""
+    return _supports(t)
 
 
-def bordered_solve(cos: np.ndarray, u: np.ndarray, rhs: np.ndarray, total: float) -> np.ndarray:
-    """beta with cos beta - mu u = rhs, u . beta = total for some mu: the stationarity of a
-    quadratic on the face {u . beta = total} (least squares when the system is singular)."""
-    k = len(u)
-    mat = np.zeros((k + 1, k + 1))
-    mat[:k, :k] = cos
-    mat[:k, k] = -u
-    mat[k, :k] = u
-    sol = np.linalg.lstsq(mat, np.append(rhs, total), rcond=None)[0]
-    return sol[:k]
+@functools.lru_cache(maxsize=32)
+def _supports(t: int) -> list[np.ndarray]:
+    return [np.array(list(itertools.combinations(range(t), k)), dtype=np.intp).reshape(-1, k)
+            for k in range(1, t + 1)]
 
 
-def candidate(beta: np.ndarray, n: np.ndarray, support: list[int], t: int) -> np.ndarray | None:
-    """The simplex point alpha (alpha_S = beta / n_S, 0 elsewhere), or None when beta is not
-    (up to rounding) non-negative."""
-    w = beta / n[support]
-    if not np.isfinite(w).all() or w.min() < -1e-9 * float(np.abs(w).max()):
-        return None
-    w = np.clip(w, 0.0, None)
-    if not w.sum() > 0:
-        return None
-    alpha = np.zeros(t)
-    alpha[support] = w / w.sum()
+def bordered_inverses(cos: np.ndarray, u: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+    """For each subset S (rows of ``subsets``, all of one size k), the (pseudo-)inverse of the
+    bordered matrix [[C_SS, -u_S], [u_S^T, 0]]: beta = inv[:k] @ (rhs, total) solves
+    C_SS beta - mu u_S = rhs, u_S . beta = total, the stationarity of a quadratic on the face
+    {u . beta = total} (least squares when singular). Shape (N, k + 1, k + 1)."""
+    count, k = subsets.shape
+    mat = np.zeros((count, k + 1, k + 1))
+    mat[:, :k, :k] = cos[subsets[:, :, None], subsets[:, None, :]]
+    mat[:, :k, k] = -u[subsets]
+    mat[:, k, :k] = u[subsets]
+    return np.linalg.pinv(mat)
+
+
+def candidates(beta: np.ndarray, n: np.ndarray, subsets: np.ndarray, t: int) -> np.ndarray:
+    """The simplex points alpha (alpha_S = beta / n_S normalised, 0 elsewhere), one row per row
+    of ``beta`` (N, k) that is (up to rounding) non-negative; others are dropped."""
+    w = beta / n[subsets]
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(w).all(axis=1)
+        ok &= w.min(axis=1) >= -1e-9 * np.abs(w).max(axis=1)
+    w = np.clip(w[ok], 0.0, None)
+    total = w.sum(axis=1)
+    good = total > 0
+    alpha = np.zeros((int(good.sum()), t))
+    rows = np.arange(len(alpha))[:, None]
+    alpha[rows, subsets[ok][good]] = w[good] / total[good, None]
     return alpha
 
 
@@ -246,14 +255,15 @@ def min_norm_exact(gram: np.ndarray) -> np.ndarray | None:
     u = 1.0 / n
     u = u / u.max()
     best, best_value = None, np.inf
-    for s in supports(t):
-        alpha = candidate(bordered_solve(cos[np.ix_(s, s)], u[s], np.zeros(len(s)), 1.0),
-                          n, s, t)
-        if alpha is not None:
+    for subsets in supports(t):
+        k = subsets.shape[1]
+        alpha = candidates(bordered_inverses(cos, u, subsets)[:, :k, k], n, subsets, t)
+        if len(alpha):
             beta = alpha * n
-            value = float(beta @ cos @ beta)
-            if value < best_value:
-                best, best_value = alpha, value
+            values = np.einsum("ni,ij,nj->n", beta, cos, beta)
+            i = int(np.argmin(values))
+            if values[i] < best_value:
+                best, best_value = alpha[i], float(values[i])
     return best
 
 

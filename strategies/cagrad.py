@@ -15,8 +15,8 @@ from mtl_bench.strategy import check_positive
 from ._gradient import (
     EXACT_MAX_TASKS,
     GradientStrategy,
-    bordered_solve,
-    candidate,
+    bordered_inverses,
+    candidates,
     min_norm_exact,
     normalised,
     scaled_gram,
@@ -70,43 +70,51 @@ def cagrad_dual_exact(gram: np.ndarray, c: float) -> np.ndarray | None:
     """
     t = len(gram)
     b = gram.mean(axis=1)
-    k = c * math.sqrt(max(float(gram.mean()), 0.0))
+    kk = c * math.sqrt(max(float(gram.mean()), 0.0))
     cos, n = scaled_gram(gram)
     u = 1.0 / n
     top = float(u.max())
     u = u / top
     b_n = b / n
 
-    def value(alpha: np.ndarray) -> float:
+    def values(alpha: np.ndarray) -> np.ndarray:
         beta = alpha * n
-        return float(alpha @ b) + k * math.sqrt(max(float(beta @ cos @ beta), 0.0))
+        norm2 = np.clip(np.einsum("ni,ij,nj->n", beta, cos, beta), 0.0, None)
+        return alpha @ b + kk * np.sqrt(norm2)
 
-    best = min_norm_exact(gram)
-    best_value = value(best) if best is not None else np.inf
-    for s in supports(t):
-        sub = cos[np.ix_(s, s)]
-        a = bordered_solve(sub, u[s], np.zeros(len(s)), 1.0) / top
-        v = bordered_solve(sub, u[s], -b_n[s], 0.0)
+    best, best_value = None, np.inf
+    for subsets in supports(t):
+        k = subsets.shape[1]
+        inv = bordered_inverses(cos, u, subsets)
+        sub = cos[subsets[:, :, None], subsets[:, None, :]]
+        a = inv[:, :k, k] / top
+        v = -np.einsum("nij,nj->ni", inv[:, :k, :k], b_n[subsets])
         # (v C v - k^2) x^2 + 2 (a C v) x + a C a = 0 for x = rho / k
-        q2, q1, q0 = float(v @ sub @ v) - k * k, float(a @ sub @ v), float(a @ sub @ a)
-        if abs(q2) <= 1e-14 * max(abs(q1), abs(q0), 1e-300):
-            roots = [-q0 / (2.0 * q1)] if q1 != 0.0 else []
-        else:
+        q2 = np.einsum("ni,nij,nj->n", v, sub, v) - kk * kk
+        q1 = np.einsum("ni,nij,nj->n", a, sub, v)
+        q0 = np.einsum("ni,nij,nj->n", a, sub, a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            linear = np.abs(q2) <= 1e-14 * np.maximum(np.maximum(np.abs(q1), np.abs(q0)), 1e-300)
             disc = q1 * q1 - q2 * q0
-            if disc < 0.0:
-                continue
-            root = math.sqrt(disc)
-            # the two roots of q2 x^2 + 2 q1 x + q0, each without cancellation
-            big = -q1 - math.copysign(root, q1) if q1 != 0.0 else root
-            roots = [big / q2] + ([q0 / big] if big != 0.0 else [-big / q2])
+            root = np.sqrt(np.clip(disc, 0.0, None))
+            big = -q1 - np.copysign(root, q1)  # the two roots, each without cancellation
+            roots = [np.where(linear, -q0 / (2.0 * q1), big / q2),
+                     np.where(linear, np.nan, np.where(big != 0.0, q0 / big, big / q2))]
+            real = linear | (disc >= 0.0)
         for x in roots:
-            if not x > 0.0:
+            keep = real & np.isfinite(x) & (x > 0.0)
+            if not keep.any():
                 continue
-            alpha = candidate(a + x * v, n, s, t)
-            if alpha is not None:
-                f = value(alpha)
-                if f < best_value:
-                    best, best_value = alpha, f
+            alpha = candidates(a[keep] + x[keep, None] * v[keep], n, subsets[keep], t)
+            if len(alpha):
+                f = values(alpha)
+                i = int(np.argmin(f))
+                if f[i] < best_value:
+                    best, best_value = alpha[i], float(f[i])
+    if not best_value < 0.0:  # the optimum may be g_w = 0 (value 0), at the min-norm point
+        low = min_norm_exact(gram)
+        if low is not None and values(low[None])[0] < best_value:
+            best = low
     return best
 
 
@@ -122,24 +130,27 @@ def no_conflict_projection(gram: np.ndarray) -> np.ndarray | None:
     t = len(gram)
     if t > EXACT_MAX_TASKS:
         return None
-    b = gram.mean(axis=1)
     cos, n = scaled_gram(gram)
-    b_n = b / n
+    b_n = gram.mean(axis=1) / n
     tol = 1e-9 * max(float(np.abs(b_n).max()), 1e-300)
     if b_n.min() >= -tol:
         return np.zeros(t)  # g0 itself conflicts with no task
     best, best_value = None, np.inf
-    for s in supports(t):
-        beta = np.zeros(t)
-        beta[s] = np.linalg.lstsq(cos[np.ix_(s, s)], -b_n[s], rcond=None)[0]
-        if not np.isfinite(beta).all() or beta.min() < -1e-9 * float(np.abs(beta).max()):
-            continue
-        beta = np.clip(beta, 0.0, None)
-        if (b_n + cos @ beta).min() < -tol:
-            continue
-        value = float(beta @ cos @ beta)
-        if value < best_value:
-            best, best_value = beta / n, value
+    for subsets in supports(t):
+        sub = cos[subsets[:, :, None], subsets[:, None, :]]
+        part = -np.einsum("nij,nj->ni", np.linalg.pinv(sub), b_n[subsets])
+        beta = np.zeros((len(subsets), t))
+        np.put_along_axis(beta, subsets, part, axis=1)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(beta).all(axis=1)
+            ok &= beta.min(axis=1) >= -1e-9 * np.abs(beta).max(axis=1)
+        beta = np.clip(beta[ok], 0.0, None)
+        beta = beta[(b_n + beta @ cos).min(axis=1) >= -tol]
+        if len(beta):
+            value = np.einsum("ni,ij,nj->n", beta, cos, beta)
+            i = int(np.argmin(value))
+            if value[i] < best_value:
+                best, best_value = beta[i] / n, float(value[i])
     return best
 
 

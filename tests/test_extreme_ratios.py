@@ -5,8 +5,9 @@ nearly parallel, with one zero row, rank-deficient; row norms all 1, spread over
 over 1e-3..1e3, i.e. ratios up to 1e6). Each reference solves the method's defining problem
 from the Gram matrix of the vectors computed in 50-digit arithmetic (mpmath), by a route other
 than the strategy's: KKT conditions checked for every support (MGDA, CAGrad's primal problem),
-a direct linear solve (IMTL-G), Newton's method to full precision (Nash-MTL). Errors are
-relative: ||d - d*|| / ||d*|| for the update d = alpha @ G.
+a direct linear solve (IMTL-G), Newton's method to full precision (Nash-MTL), KKT conditions
+of each dual-cone projection (UPGrad, P = 10 only). Errors are relative: ||d - d*|| / ||d*||
+for the update d = alpha @ G.
 """
 
 import itertools
@@ -268,3 +269,74 @@ def test_nash_mtl_bargaining_equations_exactly(t, p, kind, scale, seed):
     a = [mp.mpf(float(x)) for x in alpha]
     cond = [a[i] * mp.fsum(m[i, j] * a[j] for j in range(t)) for i in keep]
     assert max(abs(float(x - 1)) for x in cond) <= TOL
+
+
+def _upgrad_ref(m):
+    """UPGrad: the mean over i of the projection of g_i onto {x: g_j . x >= 0 for all j},
+    x = g_i + sum_j y_j g_j, y >= 0, by the KKT conditions of each projection."""
+    t = m.rows
+    tol = mp.mpf(10) ** -30 * max(abs(m[i, i]) for i in range(t))
+    alpha = [mp.mpf(0)] * t
+    for i in range(t):
+        found = None
+        for k in range(0, t + 1):
+            for s in itertools.combinations(range(t), k):
+                y = [mp.mpf(0)] * t
+                if k:
+                    sol = _solve(mp.matrix([[m[a, b] for b in s] for a in s]),
+                                 [-m[a, i] for a in s])
+                    if sol is None or any(sol[x] < -tol for x in range(k)):
+                        continue
+                    for x, a in enumerate(s):
+                        y[a] = sol[x]
+                y[i] += 1
+                if all(mp.fsum(m[j, a] * y[a] for a in range(t)) >= -tol for j in range(t)):
+                    found = y
+                    break
+            if found is not None:
+                break
+        assert found is not None
+        for a in range(t):
+            alpha[a] += found[a] / t
+    return alpha
+
+
+UPGRAD_OPEN = pytest.mark.xfail(
+    reason="upgrad: NNLS on an eigen square root of M is off with a zero-gradient task (T > 2; "
+    "rel. error 0.17-0.32) and just above 1e-6 for conflicting gradients at a 1e6 ratio",
+    strict=True)
+UPGRAD_FAILING = {"T5-P10-zero_row-unit", "T5-P10-zero_row-1e6", "T5-P10-conflict-1e6"}
+UPGRAD_CASES = [pytest.param(*c, id=i, marks=[UPGRAD_OPEN] if i in UPGRAD_FAILING else [])
+                for c, i in zip(CASES, IDS) if c[1] == 10]
+
+
+@pytest.mark.parametrize("t,p,kind,scale,seed", UPGRAD_CASES)
+def test_upgrad_is_the_mean_exact_dual_cone_projection(t, p, kind, scale, seed):
+    g = _matrix(t, p, kind, scale, seed)
+    m = _mp_gram(g)
+    alpha = _weights("upgrad", g)
+    ref = _upgrad_ref(m)
+    if _zero_in_hull(m, ref):
+        assert np.linalg.norm(alpha @ g) <= 1e-7 * np.linalg.norm(g, axis=1).max()
+    else:
+        assert _rel_err(m, alpha, ref) <= TOL
+
+
+def test_solver_failures_are_recorded_per_epoch_and_noted_in_the_tables():
+    from mtl_bench import aggregate as agg
+    from mtl_bench.train import RunConfig, train_run
+
+    # ten tasks (above 8 MGDA leaves its exact solve for Frank-Wolfe), one iteration and an
+    # unreachable tolerance: every solve stops at max_iter, which the strategy counts
+    config = RunConfig(task="gradnorm-toy", strategy="mgda", epochs=2,
+                       task_options={"n_tasks": 10},
+                       strategy_params={"max_iter": 1, "tol": 1e-300})
+    rec = train_run(config)
+    assert rec["status"] == "ok" and len(rec["solver_failures"]) == 2
+    assert all(n > 0 for n in rec["solver_failures"])
+    ok = train_run(RunConfig(strategy="fixed", epochs=2))
+    assert ok["solver_failures"] == [0, 0]
+    tables = agg.aggregate_records([rec])
+    notes = " ".join(tables.meta["settings"][0]["notes"])
+    assert "inner solver did not converge" in notes
+    assert int(tables["runs"]["solver_failures"].iloc[0]) == sum(rec["solver_failures"])

@@ -388,14 +388,14 @@ def test_zero_gradient_threshold_is_relative_and_follows_the_dtype():
     assert not zero.nonzero(np.zeros((2, 2))).any()
 
 
-@pytest.mark.parametrize("small", [1e-6, 1e-9])
-def test_imtl_g_and_nash_keep_a_task_with_a_tiny_gradient(small):
+@pytest.mark.parametrize("small,rtol", [(1e-6, 1e-7), (1e-9, 1e-5)])
+def test_imtl_g_and_nash_keep_a_task_with_a_tiny_gradient(small, rtol):
     g = _random(3, 6, 11)
     g[2] *= small / np.linalg.norm(g[2])
     w = _weights("imtl_g", g)
     proj = (g / np.linalg.norm(g, axis=1, keepdims=True)) @ (w @ g)
     assert w[2] != 0.0
-    np.testing.assert_allclose(proj, np.full(3, proj[0]), rtol=1e-7)
+    np.testing.assert_allclose(proj, np.full(3, proj[0]), rtol=rtol)
     w = _weights("nash_mtl", g, max_norm=0.0)
     assert (w > 0).all()
     np.testing.assert_allclose(w * (g @ g.T @ w), np.ones(3), rtol=1e-6)
@@ -420,22 +420,24 @@ def test_cagrad_exact_dual_matches_slsqp_on_benign_inputs_and_beats_it_at_extrem
 
 
 def test_cagrad_with_zero_in_the_hull_returns_a_conflict_free_step_in_the_ball():
-    g = _random(3, 6, 5)
-    g[1] = 0.0
-    g[2] = -2.0 * g[0] + 0.1 * g[2]
-    d = _weights("cagrad", g, c=0.5, rescale=0) @ g
+    # g2 = 0 puts 0 in the hull; F(w) >= 0 on it, so the optimum min_i g_i.d is 0, while the
+    # mean gradient conflicts with task 1 (g1.g0 = -1/6)
+    g = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [-1.5, 1.0, 0.0]])
     g0 = g.mean(axis=0)
+    assert g[0] @ g0 < 0
+    d = _weights("cagrad", g, c=0.5, rescale=0) @ g
     assert np.linalg.norm(d - g0) <= 0.5 * np.linalg.norm(g0) * (1 + 1e-9)
-    assert (g @ d).min() >= -1e-9 * np.linalg.norm(g, axis=1).max() * np.linalg.norm(g0)
+    assert (g @ d).min() >= -1e-12
 
 
 def test_mgda_exact_min_norm_point_at_a_norm_ratio_of_1e6():
     g = _random(5, 7, 3) * np.logspace(-3, 3, 5)[:, None]
-    ref = _min_norm_reference(g / np.linalg.norm(g, axis=1, keepdims=True))  # direction only
     w = _weights("mgda", g)
     d = w @ g
-    assert (g @ d >= d @ d * (1 - 1e-9)).all()  # min-norm optimality: g_i.d >= ||d||^2
-    assert np.isfinite(ref).all()
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    # min-norm optimality: g_i.d >= ||d||^2 for every task, with equality where alpha_i > 0
+    assert (g @ d >= d @ d * (1 - 1e-9)).all()
+    np.testing.assert_allclose((g @ d)[w > 0], d @ d, rtol=1e-9)
 
 
 def test_mgda_frank_wolfe_stops_relative_to_the_point_beyond_the_exact_range():
