@@ -52,6 +52,7 @@ from mtl_bench.selection import Selector
 from mtl_bench.strategy import Strategy
 from mtl_bench.task import MultiTaskNet, Task, TaskData, TaskPair, steps_per_epoch
 from mtl_bench.train import (
+    ReadPoints,
     RunConfig,
     RunTimeout,
     build_task_pair,
@@ -294,9 +295,10 @@ def train_batched(configs: Sequence[RunConfig], progress: Callable[[str], None] 
         for k, s in enumerate(seeds):
             s.best_state = {n: v.detach().clone() for n, v in s.model.state_dict().items()}
             s.selector.begin(log_eval(s, k, 0)["val"])
+        pace = ReadPoints(clock, read_back, max_seconds, start)
         for epoch in range(1, first.epochs + 1):
             loss_sum = torch.zeros(n_batch, len(tasks), device=device)
-            batches = unread = 0
+            batches = pace.unread = 0
             perms = torch.stack([torch.randperm(n_train, generator=s.generator).to(device)
                                  for s in seeds])
             for begin in range(0, n_train, first.batch_size):
@@ -322,14 +324,7 @@ def train_batched(configs: Sequence[RunConfig], progress: Callable[[str], None] 
                 loss_sum += losses
                 batches += 1
                 step += 1
-                unread += 1
-                if unread >= clock.read_every:
-                    read_back(epoch)
-                    unread = 0
-                if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                    read_back(epoch)
-                    raise RunTimeout(f"exceeded --max-run-seconds {max_seconds:g} "
-                                     f"at epoch {epoch}")
+                pace.step_done(epoch)
             read_back(epoch)
             if not any(s.alive for s in seeds):
                 break

@@ -66,6 +66,27 @@ class RunTimeout(RuntimeError):
     pass
 
 
+class ReadPoints:
+    """When a training loop reads the device back: every ``clock.read_every`` steps, before a
+    timeout is raised, and (by the loop) at each epoch end. Shared by ``train_run`` and seed
+    batching, so both keep one policy."""
+
+    def __init__(self, clock: StepClock, read_back: Callable[[int], None],
+                 max_seconds: float | None, start: float):
+        self.clock, self.read_back = clock, read_back
+        self.max_seconds, self.start = max_seconds, start
+        self.unread = 0
+
+    def step_done(self, epoch: int) -> None:
+        self.unread += 1
+        if self.unread >= self.clock.read_every:
+            self.read_back(epoch)
+            self.unread = 0
+        if self.max_seconds is not None and time.perf_counter() - self.start > self.max_seconds:
+            self.read_back(epoch)
+            raise RunTimeout(f"exceeded --max-run-seconds {self.max_seconds:g} at epoch {epoch}")
+
+
 @dataclass
 class RunConfig:
     """Everything that determines a run's result. ``None`` fields take the task pair's default
@@ -492,6 +513,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
             raise RunDiverged(epoch, *bad)
 
     start = time.perf_counter()
+    pace = ReadPoints(clock, read_back, max_seconds, start)
     step = 0
     selector = Selector(config.select, tasks)
     solver_failures: list[int] = []
@@ -500,7 +522,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
         selector.begin(log_eval(0)["val"])
         for epoch in range(1, config.epochs + 1):
             loss_sum = torch.zeros(len(tasks), device=device)
-            batches = unread = 0
+            batches = pace.unread = 0
             for inputs, targets in iterate_batches(data.train, config.batch_size, gen,
                                                    config.sampling):
                 try:
@@ -518,14 +540,7 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
                 loss_sum += losses
                 batches += 1
                 step += 1
-                unread += 1
-                if unread >= clock.read_every:
-                    read_back(epoch)
-                    unread = 0
-                if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                    read_back(epoch)
-                    raise RunTimeout(f"exceeded --max-run-seconds {max_seconds:g} "
-                                     f"at epoch {epoch}")
+                pace.step_done(epoch)
             read_back(epoch)
             mean_losses = loss_sum / max(batches, 1)
             for task, value in zip(tasks, clock.read(mean_losses)):
