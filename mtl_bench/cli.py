@@ -19,7 +19,7 @@ from mtl_bench.errors import UserError
 EXIT_OK, EXIT_WORSE, EXIT_USER, EXIT_INTERRUPT = 0, 1, 2, 130
 
 #: Sub-commands in the order ``--help`` lists them (stages of DESIGN.md, then tools).
-COMMANDS = ("list", "run", "aggregate", "report", "check", "baseline", "speed")
+COMMANDS = ("list", "run", "aggregate", "report", "check", "baseline", "speed", "export")
 
 
 class _Parser(argparse.ArgumentParser):
