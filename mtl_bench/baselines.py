@@ -36,15 +36,59 @@ BASELINE_FILE = "baseline.json"
 DEFAULT_BASELINES_DIR = Path("results") / "baselines"
 #: The committed baselines of the source tree this package runs from (an editable install).
 PROJECT_BASELINES_DIR = Path(__file__).resolve().parent.parent / DEFAULT_BASELINES_DIR
+#: The same baselines as installed from a wheel: pyproject.toml ships results/baselines as the
+#: package data ``mtl_bench/baselines_data``.
+PACKAGE_BASELINES_DIR = Path(__file__).resolve().parent / "baselines_data"
 
 
 def default_baselines_dir() -> Path:
-    """``results/baselines`` of the current folder when it has one (a project of your own),
-    else the committed baselines of the mtl-bench source tree, so `check --baseline default`
-    works from any folder."""
+    """Where ``baseline save`` writes without ``--baselines-dir``: ``results/baselines`` of the
+    current folder when it has one (a project of your own), else the committed baselines of the
+    mtl-bench source tree when there is one (an editable install), else ``results/baselines``
+    of the current folder (created). Installed package data is never written."""
     if DEFAULT_BASELINES_DIR.is_dir() or not PROJECT_BASELINES_DIR.is_dir():
         return DEFAULT_BASELINES_DIR
     return PROJECT_BASELINES_DIR
+
+
+def baseline_roots(baselines_dir: str | Path | None = None) -> list[Path]:
+    """Where baselines are looked up, first match wins: ``baselines_dir`` alone when given, else
+    ``results/baselines`` of the current folder, the mtl-bench source tree's committed ones and
+    the copies installed with the package (duplicates dropped)."""
+    if baselines_dir is not None:
+        return [Path(baselines_dir)]
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for root in (DEFAULT_BASELINES_DIR, PROJECT_BASELINES_DIR, PACKAGE_BASELINES_DIR):
+        key = root.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(root)
+    return out
+
+
+def find_baseline(name: str, baselines_dir: str | Path | None = None) -> Path:
+    """The folder holding baseline ``name`` (its ``NAME/baseline.json``), searched in
+    :func:`baseline_roots` order; a one-line UserError lists every place looked in and the
+    baselines found there."""
+    roots = baseline_roots(baselines_dir)
+    for root in roots:
+        if _present(baseline_path(root, name)):
+            return root
+    places = []
+    for root in roots:
+        shown = os.path.abspath(root)
+        if not root.is_dir():
+            places.append(f"{shown}/ (no such folder)")
+            continue
+        known = [b["name"] for b in list_baselines(root, read=False)]
+        held = f"saved baselines: {', '.join(known)}" if known else "no baselines"
+        places.append(f"{shown}/ ({held})")
+    hint = ("pass --baselines-dir DIR for baselines elsewhere, or create it" if baselines_dir
+            is None else "create it")
+    where = f" in {places[0]}" if len(places) == 1 else f"; looked in {'; '.join(places)}"
+    raise UserError(f"baseline '{name}' not found{where}; {hint} with "
+                    f"`mtl-bench baseline save {name} --runs-dir DIR`")
 
 #: Config keys that say where a run ran, not what it computed (placement changes speed only).
 PLACEMENT_KEYS = ("device", "threads", "cuda_graph")

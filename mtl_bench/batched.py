@@ -78,6 +78,9 @@ def can_batch(config: RunConfig) -> str | None:
     """None when ``config`` can be trained in a seed batch, else the reason it cannot (the run
     then goes to ``train_run`` alone). Builds the task pair and loads its data for this seed."""
     cls = registry.strategies.get(config.strategy)
+    if getattr(cls, "needs_meta_batch", False):
+        return (f"strategy '{config.strategy}' is bilevel (it draws a meta batch and runs a "
+                "look-ahead of the model at every step), which seed batching does not vectorise")
     if not getattr(cls, "batchable", False):
         return (f"strategy '{config.strategy}' is not batchable (its combine is not pure tensor "
                 "code that vmap can run for K seeds at once)")

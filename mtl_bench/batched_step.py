@@ -54,6 +54,9 @@ class StackedStrategy:
     def __init__(self, members: Sequence[Strategy]):
         self.members = list(members)
         first = members[0]
+        if getattr(first, "needs_meta_batch", False):
+            raise ValueError(f"strategy '{first}' is bilevel (needs_meta_batch): seed batching "
+                             "does not run its meta update; train its seeds one by one")
         self.n_tasks = first.n_tasks
         self.grad_source = first.grad_source
         self.lr = first.lr

@@ -3,7 +3,8 @@
 ``python -m mtl_bench.bench`` prints steps/s and the ratio to ``fixed`` on the reference net
 (64 -> 256 -> 256 trunk, one head per task, batch 256) for 2 and 5 tasks. Strategies are timed
 in interleaved rounds and the median round is kept, so a burst of machine noise hits every
-strategy alike.
+strategy alike. A bilevel strategy steps with a second fixed batch as its meta batch
+(:func:`reference_meta_batch`), so its time includes the meta update.
 
 ``python -m mtl_bench.bench --seed-batch K [--device DEV]`` prints instead, from interleaved
 rounds in one process: (a) steps/s of the harness's ``train_step`` against a bare hand-written
@@ -56,18 +57,32 @@ def reference_setup(strategy: str, params: dict[str, Any] | None = None, n_tasks
     return model, tasks, strat, (x,), targets, opt
 
 
+def reference_meta_batch(tasks: Sequence[Task], seed: int = 0, batch: int = REFERENCE_BATCH,
+                         device: str = "cpu") -> tuple[tuple[torch.Tensor], list[torch.Tensor]]:
+    """A second fixed batch on the reference net, for strategies that need a meta batch
+    (bilevel); drawn from its own generator, so the other setups' draws do not change."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, REFERENCE_IN, generator=gen).to(device)
+    targets = [(torch.randint(0, REFERENCE_CLASSES, (batch,), generator=gen)
+                if t.kind == CLASSIFICATION else torch.randn(batch, generator=gen)).to(device)
+               for t in tasks]
+    return (x,), targets
+
+
 def _wait(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def steps_per_second(setup, steps: int) -> float:
+def steps_per_second(setup, steps: int, meta=None) -> float:
+    """``meta``: the meta batch of a bilevel strategy (:func:`reference_meta_batch`)."""
     model, tasks, strat, inputs, targets, opt = setup
+    extra = {} if meta is None else {"meta": meta}
     device = inputs[0].device
     _wait(device)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, tasks, strat, inputs, targets, opt)
+        train_step(model, tasks, strat, inputs, targets, opt, **extra)
     _wait(device)
     return steps / (time.perf_counter() - start)
 
@@ -92,15 +107,17 @@ def bare_steps_per_second(setup, steps: int) -> float:
 def measure(variants: Sequence[tuple[str, dict[str, Any]]], n_tasks: int = 2, steps: int = 30,
             rounds: int = 7, warmup: int = 5, device: str = "cpu") -> dict[str, float]:
     """Median steps/s per variant over interleaved rounds; keys are the strategy labels."""
-    setups = {}
+    setups, metas = {}, {}
     for name, params in variants:
         s = reference_setup(name, params, n_tasks, device=device)
-        steps_per_second(s, warmup)
-        setups[str(s[2])] = s
+        key = str(s[2])
+        metas[key] = reference_meta_batch(s[1], device=device) if s[2].needs_meta_batch else None
+        steps_per_second(s, warmup, metas[key])
+        setups[key] = s
     samples: dict[str, list[float]] = {k: [] for k in setups}
     for _ in range(rounds):
         for key, s in setups.items():
-            samples[key].append(steps_per_second(s, steps))
+            samples[key].append(steps_per_second(s, steps, metas[key]))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

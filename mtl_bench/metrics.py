@@ -223,3 +223,32 @@ def delta_m(mtl: dict[str, float], single: dict[str, float], higher: dict[str, b
         sign = -1.0 if higher[key] else 1.0
         terms.append(sign * (m - s) / abs(s) * 100.0)
     return float(np.mean(terms))
+
+
+# -- read-outs of problems with a known answer -------------------------------------------------
+#: Column layout of the evaluation output of a task whose head reports where the model stands
+#: (the synthetic pairs with a known Pareto set: ``toy-2d``, ``quadratic``). Column 0 is the
+#: task's objective; the others are read-outs the head computes from the parameters in eval
+#: mode, NaN where a pair has no such quantity. A task lists only the ones it fills.
+READOUT_COLUMNS = ("objective", "pareto_distance", "front_position", "pareto_weight", "x1", "x2")
+
+
+def _readout(name: str, higher: bool, description: str,
+             bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    column = READOUT_COLUMNS.index(name)
+
+    def fn(pred: np.ndarray, target: np.ndarray) -> float:
+        return float(np.mean(np.asarray(pred, dtype=float).reshape(len(pred), -1)[:, column]))
+
+    metric(name, higher, "regression", description, bounds)(fn)
+
+
+_readout("objective", False, "the task's objective at the model's parameters (read-out column 0)")
+_readout("pareto_distance", False, "Euclidean distance from the parameters to the Pareto set",
+         NON_NEGATIVE)
+_readout("front_position", False, "where the nearest Pareto point lies: 0 at task 1's optimum, "
+         "1 at task 2's (no better direction)", UNIT)
+_readout("pareto_weight", False, "this task's weight w_i of the Pareto point x*(w) nearest to "
+         "the parameters (no better direction)", UNIT)
+_readout("x1", False, "first coordinate of the parameters (no better direction)")
+_readout("x2", False, "second coordinate of the parameters (no better direction)")

@@ -1,9 +1,11 @@
 """The speed stage: step time of each strategy on each task pair's own model, with intervals.
 
 Per setting (task pair, task options, architecture) every strategy gets the pair's real model
-and the same real training batch (the first batch of an epoch). Strategies are timed in
-interleaved rounds in one process: each round times every strategy for ``steps`` steps (the
-order is shuffled from round to round), so a burst of machine load hits all of them alike. Per
+and the same real training batch (the first batch of an epoch); a bilevel strategy also gets
+one fixed meta batch (the first of the stream its runs draw from the training split).
+Strategies are timed in interleaved rounds in one process: each round times every strategy for
+``steps`` steps (the order is shuffled from round to round), so a burst of machine load hits all
+of them alike. Per
 round, each strategy's step time is divided by the step time of the reference (fixed weights)
 in the same round; the ratio reported is the geometric mean of these paired ratios with a 95%
 t-interval computed on the log scale (always positive). A strategy is called ``faster`` or
@@ -103,6 +105,8 @@ class _Setup(NamedTuple):
     targets: tuple
     samples: int
     optimizer: Any
+    #: A bilevel strategy's meta batch (inputs, targets), fixed like the batch; None otherwise.
+    meta: Any = None
 
 
 def _settings(configs: Sequence[Any]) -> dict[tuple[str, str, str], list[Any]]:
@@ -191,7 +195,13 @@ def _prepare(group: Sequence[Any], device: str, seed: int, warmup: int
     import torch
 
     from mtl_bench.task import iterate_batches
-    from mtl_bench.train import build_strategy, build_task_pair, make_optimizer, validate
+    from mtl_bench.train import (
+        build_strategy,
+        build_task_pair,
+        make_optimizer,
+        meta_batches,
+        validate,
+    )
 
     ref = group[0]
     dev = torch.device(device)
@@ -215,7 +225,10 @@ def _prepare(group: Sequence[Any], device: str, seed: int, warmup: int
             torch.manual_seed(seed)
             model = pair.build_model(data, list(range(len(tasks))), c.architecture).to(dev)
             opt = make_optimizer(model, strategy, c.lr, c.weight_decay)
-            setup = _Setup(model, tasks, strategy, inputs, targets, samples, opt)
+            # a bilevel strategy also gets a fixed meta batch: the first of its own stream
+            meta = (next(meta_batches(data.train, ref.batch_size, seed, ref.sampling))
+                    if strategy.needs_meta_batch else None)
+            setup = _Setup(model, tasks, strategy, inputs, targets, samples, opt, meta)
             _time(setup, warmup, dev)
         except UserError as exc:
             notes.append((name, str(exc).replace(f"strategy '{name}' ", "")))
@@ -233,12 +246,13 @@ def _time(setup: _Setup, steps: int, dev: Any) -> float:
 
     from mtl_bench.train import train_step
 
-    model, tasks, strategy, inputs, targets, _, opt = setup
+    model, tasks, strategy, inputs, targets, _, opt, meta = setup
+    extra = {} if meta is None else {"meta": meta}
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, tasks, strategy, inputs, targets, opt)
+        train_step(model, tasks, strategy, inputs, targets, opt, **extra)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return (time.perf_counter() - start) / max(steps, 1)

@@ -2,7 +2,8 @@
 
 The step owns forward, backward, the optimiser step and the phase marks of all strategy
 families; it never looks at a strategy's name, only at the protocol attributes (``grad_source``,
-``graph_safe``) and at what ``combine`` returns. It never reads the device back: the marks and
+``graph_safe``, ``needs_meta_batch``) and at what ``combine`` returns. For a bilevel strategy
+it also runs the meta update (:func:`meta_step`) on the meta batch the run loop hands it. It never reads the device back: the marks and
 the returned tensors are read at the run loop's read points (:mod:`mtl_bench.clock`).
 """
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mtl_bench.clock import CpuClock, StepClock, UntimedClock
-from mtl_bench.strategy import Strategy, TaskGradients
+from mtl_bench.strategy import MetaProblem, Strategy, TaskGradients
 from mtl_bench.task import MultiTaskNet, Task
 
 #: What a step returns: task losses, weights, the clock's marks, diagnostics (device tensors).
@@ -114,10 +115,53 @@ def _cosines(matrix: Tensor, update: Tensor | None) -> dict[str, Any]:
     return diagnostics_to_host(_device_cosines(matrix, update), Tensor.tolist)
 
 
+def _model_group(model: MultiTaskNet, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimiser's parameter group that holds the model's parameters."""
+    first = next(p for p in model.parameters() if p.requires_grad)
+    return next(g for g in optimizer.param_groups if any(p is first for p in g["params"]))
+
+
+def meta_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
+              inputs: Sequence[Tensor], targets: Sequence[Tensor], losses: Tensor,
+              meta: tuple[Sequence[Tensor], Sequence[Tensor]],
+              optimizer: torch.optim.Optimizer) -> None:
+    """The meta update of a bilevel strategy (``needs_meta_batch``): hand it a
+    :class:`~mtl_bench.strategy.MetaProblem` whose callables run the model functionally with
+    the parameter sets it builds, on this step's batch or on ``meta`` (inputs, targets), then
+    step the strategy's own parameters with the gradients it returns. Only those parameters
+    hold a gradient at that optimiser step, so the model does not move (Adam skips parameters
+    without one) and the strategy's parameters keep their own learning rate and state."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+
+    def losses_at(batch_in: Sequence[Tensor], batch_tg: Sequence[Tensor],
+                  params: Sequence[Tensor]) -> Tensor:
+        _, _, outs = torch.func.functional_call(model, dict(zip(names, params)), (batch_in,))
+        return torch.stack([task.loss(o, y) for task, o, y in zip(tasks, outs, batch_tg)])
+
+    group = _model_group(model, optimizer)
+    problem = MetaProblem([p for _, p in named], losses, partial(losses_at, inputs, targets),
+                          partial(losses_at, *meta), group["lr"], group.get("weight_decay", 0.0))
+    grads = strategy.meta_gradients(problem)
+    own = [p for p in strategy.parameters() if p.requires_grad]
+    if grads is None or not own:
+        return
+    grads = list(grads)
+    if len(grads) != len(own):
+        raise RuntimeError(f"strategy '{strategy}' returned {len(grads)} meta gradient(s) for "
+                           f"{len(own)} trainable parameter(s)")
+    optimizer.zero_grad(set_to_none=True)
+    for p, g in zip(own, grads):
+        p.grad = g.detach().to(p.dtype).reshape(p.shape)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
                inputs: Sequence[Tensor], targets: Sequence[Tensor],
                optimizer: torch.optim.Optimizer, clock: StepClock = _CPU_CLOCK,
-               want_diag: bool = False) -> StepResult:
+               want_diag: bool = False,
+               meta: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None) -> StepResult:
     """One step for any strategy family.
 
     Returns (losses, weights, marks, diagnostics). The marks are the clock's at the boundaries
@@ -126,6 +170,10 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
     :func:`mtl_bench.train.make_optimizer`); :class:`mtl_bench.clock.PhaseTimer` turns them
     into seconds. Diagnostics, when asked for, are taken outside the timed phases and stay on
     the device (:func:`diagnostics_to_host`). Nothing here waits for the device.
+
+    ``meta``: the meta batch (inputs, targets) that a bilevel strategy (``needs_meta_batch``)
+    needs at every step; its meta update (:func:`meta_step`) runs in the strategy phase, after
+    the forward pass and before ``combine``, so this step's model update uses the new weights.
     """
     source = strategy.grad_source
     mark = clock.mark
@@ -133,6 +181,11 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
     reps, head_in, outputs = model(inputs, detach_rep=source == "rep")
     losses = torch.stack([task.loss(o, y) for task, o, y in zip(tasks, outputs, targets)])
     t1 = mark()
+    if strategy.needs_meta_batch:
+        if meta is None:
+            raise ValueError(f"strategy '{strategy}' needs a meta batch at every step "
+                             "(needs_meta_batch); pass meta=(inputs, targets)")
+        meta_step(model, tasks, strategy, inputs, targets, losses, meta, optimizer)
 
     grads = None
     at: list[Tensor] = []
@@ -221,6 +274,9 @@ def graph_obstacle(clock: StepClock, strategy: Strategy) -> str | None:
     """
     if clock.no_graphs is not None:
         return clock.no_graphs
+    if getattr(type(strategy), "needs_meta_batch", False):
+        return (f"strategy '{strategy}' is bilevel (it draws a meta batch and runs a look-ahead "
+                "of the model at every step), which a captured graph cannot replay")
     if not getattr(type(strategy), "graph_safe", False):
         return f"strategy '{strategy}' does not declare graph_safe"
     return None

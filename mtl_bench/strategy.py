@@ -16,13 +16,28 @@ The three families of DESIGN.md map onto one method, :meth:`Strategy.combine`:
   return ``Update(weights)`` (the harness applies ``weights @ G``) or ``Update(weights,
   direction=d)`` for a direction outside the span of the task gradients. Task-specific heads are
   always updated with their own task's unweighted gradient, as in Sener & Koltun (2018).
+
+A fourth family, bilevel ("meta-learned weights", Auto-Lambda), learns its weights from a
+look-ahead of the model on a second batch. A strategy of this family sets ``needs_meta_batch =
+True`` and implements :meth:`Strategy.meta_gradients`. At every step, after the forward pass and
+before ``combine``, the harness hands it a :class:`MetaProblem`: the model's parameters, this
+step's task losses, and two callables that run the model with any parameter set the strategy
+builds (a virtual SGD step, a finite-difference probe) and return the (T,) task losses on this
+step's training batch or on the meta batch. The harness draws the meta batch (a second,
+independent draw from the *training* split: validation selects the model and test scores it, so
+neither may steer training), runs every forward pass, and owns both optimiser steps: the
+strategy returns gradients for its own trainable parameters (or ``None`` to skip this step), the
+harness steps them with the strategy's learning rate, and then the model is trained with the
+updated weights through ``combine`` exactly as for loss weighting. A bilevel strategy never
+changes the model's parameters. It is neither ``batchable`` nor ``graph_safe``: seed batching
+trains it run by run with a note, and ``--cuda-graph`` steps it eagerly with a note.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -113,6 +128,40 @@ class TaskGradients:
         return out
 
 
+class MetaProblem:
+    """What the harness gives a bilevel strategy's :meth:`Strategy.meta_gradients` at one step.
+
+    params: the model's trainable parameters theta, in ``model.named_parameters()`` order (the
+    harness's own tensors: read them, never change them).
+    losses: (T,) task losses of this step's training batch at theta, attached to the graph of
+    this step's forward pass (differentiate with ``retain_graph=True``: the step back-propagates
+    the same graph afterwards).
+    lr, weight_decay: the model's optimiser settings (a look-ahead step uses them).
+    :meth:`train_losses` / :meth:`meta_losses`: (T,) task losses of the model run with another
+    parameter set on this step's training batch / on the meta batch; differentiable with respect
+    to the tensors passed in.
+    """
+
+    def __init__(self, params: Sequence[Tensor], losses: Tensor,
+                 train_losses: Callable[[Sequence[Tensor]], Tensor],
+                 meta_losses: Callable[[Sequence[Tensor]], Tensor], lr: float,
+                 weight_decay: float = 0.0):
+        self.params = tuple(params)
+        self.losses = losses
+        self._train = train_losses
+        self._meta = meta_losses
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+
+    def train_losses(self, params: Sequence[Tensor]) -> Tensor:
+        """(T,) task losses on this step's training batch with the model's parameters ``params``."""
+        return self._train(params)
+
+    def meta_losses(self, params: Sequence[Tensor]) -> Tensor:
+        """(T,) task losses on the meta batch with the model's parameters ``params``."""
+        return self._meta(params)
+
+
 @dataclass
 class Update:
     """What a strategy returns for one step.
@@ -137,7 +186,7 @@ class Strategy(nn.Module):
 
     #: Registry name, set by ``@register_strategy``.
     name: ClassVar[str] = ""
-    #: One of "loss weighting", "gradient-norm balancing", "gradient manipulation".
+    #: One of "loss weighting", "gradient-norm balancing", "gradient manipulation", "bilevel".
     family: ClassVar[str] = "loss weighting"
     #: Short reference shown by ``mtl-bench list``.
     paper: ClassVar[str] = ""
@@ -151,6 +200,8 @@ class Strategy(nn.Module):
     #: ``run --cuda-graph`` may capture the step: combine and after_step are pure tensor code
     #: with static shapes, no host reads, and state updated in place (epoch-end hooks too).
     graph_safe: ClassVar[bool] = False
+    #: Bilevel family: the harness draws a meta batch each step and calls meta_gradients.
+    needs_meta_batch: ClassVar[bool] = False
 
     #: Where the harness must take task gradients before calling combine (None: not needed).
     grad_source: str | None = None
@@ -173,6 +224,13 @@ class Strategy(nn.Module):
     def combine(self, losses: Tensor, grads: TaskGradients | None = None) -> Update:
         """Turn this step's (T,) task losses into an :class:`Update`."""
         raise NotImplementedError
+
+    def meta_gradients(self, problem: MetaProblem) -> Sequence[Tensor] | None:
+        """Bilevel strategies (``needs_meta_batch = True``): gradients for the strategy's own
+        trainable parameters (in ``parameters()`` order), which the harness applies with one
+        optimiser step before ``combine``; ``None`` leaves them as they are this step."""
+        raise NotImplementedError(f"strategy '{self}' sets needs_meta_batch but does not "
+                                  "implement meta_gradients")
 
     def get_extra_state(self) -> Any:
         # the random generator is state too: a restored strategy continues the same draws

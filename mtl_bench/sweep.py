@@ -9,18 +9,18 @@ half-written record behind.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
+from mtl_bench import progress as progress_view
 from mtl_bench import registry
 from mtl_bench.errors import UserError
-from mtl_bench.executors import make_executor
+from mtl_bench.executors import InProcess, make_executor
 from mtl_bench.executors.base import Executor, Finish
 from mtl_bench.store import RunStore
 from mtl_bench.train import RunConfig, build_task_pair, current_code, validate
@@ -150,6 +150,23 @@ class SweepSpec:
     single_task: bool = False
     lrs: Sequence[float] | None = None
     lr_factors: Sequence[float] | None = field(default=None)
+    settings: dict[str, Sequence[Any]] = field(default_factory=dict)
+
+
+def setting_grid(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The combinations of ``spec.settings`` (config field -> values, e.g. ``{"sampling":
+    ["equal", "temperature"]}``); each combination replaces those fields of the base config and
+    is a setting of its own. One empty dict when there is no such grid."""
+    for key in spec.settings:
+        if key not in SETTING_GRID_FIELDS:
+            raise ValueError(f"SweepSpec.settings: '{key}' is not a setting field that can form "
+                             f"a grid ({', '.join(SETTING_GRID_FIELDS)})")
+    return grid({k: list(dict.fromkeys(v)) for k, v in spec.settings.items()})
+
+
+#: Config fields a sweep may list several values of (``run --epochs 2,4``): each value makes
+#: a setting of its own. The learning rate is a grid to select over instead (``lrs``).
+SETTING_GRID_FIELDS = ("architecture", "sampling", "epochs", "batch_size", "weight_decay")
 
 
 def _round_sig(x: float, digits: int = 3) -> float:
@@ -167,7 +184,9 @@ def lr_grid(spec: SweepSpec, task: str) -> list[float | None]:
 
 
 def expand(spec: SweepSpec) -> list[RunConfig]:
-    """All runs of the grid, plus single-task baselines (one per task and seed) if asked."""
+    """All runs of the grid, plus single-task baselines (one per task and seed) if asked: per
+    task pair, each setting of ``spec.settings``, each task-pair option combination, then
+    strategies x hyper-parameter variants x learning rates x seeds."""
     known = set(spec.tasks) | set(spec.strategies)
     for name in spec.assignments:
         if name not in known:
@@ -181,7 +200,8 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
             raise UserError(f"--set names {kind} '{name}', which is not in this sweep "
                             f"({option} {','.join(chosen)})")
     configs: list[RunConfig] = []
-    for task in spec.tasks:
+    for task, setting in itertools.product(spec.tasks, setting_grid(spec)):
+        base = replace(spec.base, **setting)
         task_grid = grid(spec.assignments.get(task, {}))
         lrs = lr_grid(spec, task)
         for task_options in task_grid:
@@ -193,7 +213,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
                 for params in variants:
                     for lr in lrs:
                         for seed in spec.seeds:
-                            configs.append(replace(spec.base, task=task, strategy=strategy,
+                            configs.append(replace(base, task=task, strategy=strategy,
                                                    strategy_params=params, seed=seed, lr=lr,
                                                    task_options=task_options))
             if spec.single_task:
@@ -201,7 +221,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
                 for t in pair.tasks():
                     for lr in lrs:
                         for seed in spec.seeds:
-                            configs.append(replace(spec.base, task=task, strategy="fixed",
+                            configs.append(replace(base, task=task, strategy="fixed",
                                                    strategy_params={}, seed=seed, lr=lr,
                                                    task_options=task_options,
                                                    single_task=t.name))
@@ -219,7 +239,8 @@ def validate_all(configs: Sequence[RunConfig]) -> None:
     checked: set[str] = set()
     for c in configs:
         key = repr((c.task, sorted(c.task_options.items()), c.strategy,
-                    sorted(c.strategy_params.items()), c.architecture, c.single_task, c.lr))
+                    sorted(c.strategy_params.items()), c.architecture, c.single_task, c.lr,
+                    c.epochs, c.batch_size, c.sampling, c.weight_decay))
         if key not in checked:
             checked.add(key)
             validate(c)
@@ -321,40 +342,38 @@ def check_writable(store: RunStore) -> None:
                         f"{exc.strerror or exc}") from None
 
 
-def describe(c: RunConfig, with_lr: bool = False) -> str:
+def method_text(c: RunConfig) -> str:
+    """``gradnorm(alpha=0.5)``, or for a single-task run the task it trains:
+    ``single-task (species)``."""
+    return c.strategy_label + (f" ({c.single_task})" if c.single_task is not None else "")
+
+
+def setting_text(c: RunConfig, fields: Sequence[str]) -> str:
+    """The values of the given setting fields: ``sampling=equal epochs=2`` ('' for none)."""
+    return " ".join(f"{k}={getattr(c, k)}" for k in fields)
+
+
+def describe(c: RunConfig, with_lr: bool = False, fields: Sequence[str] = ()) -> str:
     lr = f" lr {c.resolved().lr:g}" if with_lr else ""
-    return f"{c.task} {c.strategy_label}{lr} seed {c.seed}"
+    setting = f" [{setting_text(c, fields)}]" if fields else ""
+    return f"{c.task}{setting} {method_text(c)}{lr} seed {c.seed}"
 
 
 # -- progress ----------------------------------------------------------------------------------
-class Progress:
-    """One overall line per finished run: [done/total] what, status, time, ETA."""
+class Progress(progress_view.Progress):
+    """One line per finished run, ``[done/total] what: status (time, elapsed, ETA)``, and in a
+    terminal a live view of the runs in progress (:mod:`mtl_bench.progress`). Runs are named
+    by :func:`describe` (with the lr where the sweep has an lr grid, and the given setting
+    ``fields``)."""
 
     def __init__(self, total: int, quiet: bool = False, stream: TextIO | None = None,
-                 with_lr: bool = False):
-        self.total = total
-        self.done = 0
-        self.failed = 0
-        self.failures: list[tuple[RunConfig, str]] = []
-        self.quiet = quiet
+                 with_lr: bool = False, fields: Sequence[str] = (), live: bool | None = None):
         self.with_lr = with_lr
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
+        self.fields = tuple(fields)
+        super().__init__(total, quiet, stream, label=self.describe_run, live=live)
 
-    def finished(self, config: RunConfig, record: dict[str, Any]) -> None:
-        self.done += 1
-        ok = record.get("status") == "ok"
-        if not ok:
-            self.failed += 1
-            self.failures.append((config, str(record.get("reason", ""))))
-        if self.quiet:
-            return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        status = "ok" if ok else f"FAILED: {record.get('reason', '')}"
-        print(f"[{self.done}/{self.total}] {describe(config, self.with_lr)}: {status} "
-              f"({record.get('wall_s', 0):.1f}s, elapsed {elapsed:.0f}s, ETA {eta:.0f}s)",
-              file=self.stream, flush=True)
+    def describe_run(self, config: RunConfig) -> str:
+        return describe(config, self.with_lr, self.fields)
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -371,13 +390,15 @@ def execute(configs: Sequence[RunConfig], store: RunStore, jobs: int = 1,
             max_seconds: float | None = None, quiet: bool = False,
             on_record: Finish | None = None, executor: str | Executor = "local",
             scheduler: str | None = None, plugins: Sequence[tuple[str, str]] = (),
-            progress: Progress | None = None, seed_batch: int = 1) -> Progress:
+            progress: progress_view.Progress | None = None,
+            seed_batch: int = 1) -> progress_view.Progress:
     """Run every config, writing each record as soon as it arrives.
 
     ``executor`` names one (:func:`~mtl_bench.executors.make_executor`: ``jobs == 1`` runs in
     this process, more in worker processes, placed on GPUs when the configs say ``cuda``;
     ``dask`` on a cluster) or is an :class:`~mtl_bench.executors.base.Executor` itself.
-    Records are written here, in the client, one atomic write each.
+    Records are written here, in the client, one atomic write each. ``progress`` shows the
+    sweep (its live view, in a terminal, is closed again on any exit, Ctrl-C included).
     """
     progress = progress or Progress(len(configs), quiet)
 
@@ -387,9 +408,32 @@ def execute(configs: Sequence[RunConfig], store: RunStore, jobs: int = 1,
         if on_record is not None:
             on_record(config, record)
 
+    workers = jobs
     if isinstance(executor, str):
         n_jobs = len(configs) if seed_batch <= 1 else -(-len(configs) // seed_batch)
-        executor = make_executor(executor, min(jobs, max(n_jobs, 1)), _sweep_device(configs),
+        workers = min(jobs, max(n_jobs, 1))
+        executor = make_executor(executor, workers, _sweep_device(configs),
                                  max_seconds, plugins, scheduler, seed_batch)
-    executor.run(configs, finish)
+    workers = int(getattr(executor, "jobs", workers) or 1)
+    if isinstance(executor, InProcess):
+        workers = 1
+    # a seed group trains its runs side by side on one worker
+    progress.begin(configs, workers * max(seed_batch, 1))
+    try:
+        if _takes_report(executor):
+            executor.run(configs, finish, report=progress.report)
+        else:
+            executor.run(configs, finish)
+    finally:
+        progress.close()
     return progress
+
+
+def _takes_report(executor: Executor) -> bool:
+    """Whether ``executor.run`` accepts the optional ``report`` callback (an executor written
+    before it existed takes ``(configs, finish)`` only)."""
+    try:
+        params = inspect.signature(executor.run).parameters
+    except (TypeError, ValueError):
+        return False
+    return "report" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_bench.architectures import ARCHITECTURES as ARCHITECTURES
-from mtl_bench.architectures import PER_TASK, build_per_task
+from mtl_bench.architectures import PER_TASK, architecture_name, build_per_task
 from mtl_bench.architectures import MultiTaskNet as MultiTaskNet
 from mtl_bench.errors import UserError
 from mtl_bench.metrics import get_metric
@@ -235,7 +235,7 @@ class TaskPair(ABC):
                 self.build_trunk(data.train.input_for(k if selected else i).shape[1]),
                 self.build_head(all_tasks[i], width)) for k, i in enumerate(indices)]
             return MultiTaskNet(nn.Identity(), heads)
-        if architecture in PER_TASK:
+        if architecture_name(architecture) in PER_TASK:  # a spec: NAME[:key=value,...]
             n_in = data.n_features[0]
             return build_per_task(architecture, lambda: self.build_trunk(n_in),
                                   [self.build_head(all_tasks[i], width) for i in indices], n_in)
@@ -480,11 +480,103 @@ def iterate_batches(split: Split, batch_size: int, generator: torch.Generator,
         yield tuple(xs), tuple(ys)
 
 
-# -- task pairs read from a pandas DataFrame ---------------------------------------------------
+# -- task pairs read from pandas DataFrames ----------------------------------------------------
+#: Fewest rows a per-task table may keep after dropping missing values: 60 / 20 / 20 % of five
+#: rows is the smallest split that leaves every part a row.
+MIN_TABLE_ROWS = 5
+
+
 def _as_columns(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _is_numeric(series: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
+
+
+def _encode_inputs(tables: Sequence[Any], inputs: Sequence[str], owners: Sequence[str],
+                   pair: str) -> tuple[list[np.ndarray], list[str]]:
+    """The input columns of one or more tables, encoded alike: numeric columns as they are,
+    other columns one-hot over the union of their values in every table (sorted), so that
+    one trunk reads the same feature in the same place whichever table a row comes from."""
+    import pandas as pd
+
+    pieces: list[list[Any]] = [[] for _ in tables]
+    for col in inputs:
+        numeric = [_is_numeric(t[col]) for t in tables]
+        if all(numeric):
+            for k, t in enumerate(tables):
+                pieces[k].append(t[col].astype(float).to_frame())
+            continue
+        if any(numeric):
+            a, b = owners[numeric.index(True)], owners[numeric.index(False)]
+            raise UserError(f"task pair '{pair}': input column '{col}' is numeric in the table "
+                            f"of task '{a}' but not in that of task '{b}'")
+        values = [t[col].astype(str) for t in tables]
+        categories = sorted(set().union(*(v.unique() for v in values)))
+        for k, v in enumerate(values):
+            coded = pd.Series(pd.Categorical(v, categories=categories), index=v.index)
+            pieces[k].append(pd.get_dummies(coded, prefix=col, dtype=float))
+    frames = [pd.concat(p, axis=1) for p in pieces]
+    return [f.to_numpy(dtype=np.float64) for f in frames], [str(c) for c in frames[0].columns]
+
+
+def _clean(frame: Any, used: Sequence[str], pair: str, owner: str | None) -> Any:
+    """``frame[used]`` without the rows that miss a value; one-line errors for a table that is
+    not a DataFrame, lacks a column or keeps no row. ``owner`` names the task of a per-task
+    table (None for the one table of a pair)."""
+    import pandas as pd
+
+    where = "the data frame" if owner is None else f"the table of task '{owner}'"
+    if not isinstance(frame, pd.DataFrame):
+        raise UserError(f"task pair '{pair}': {where} should be a pandas DataFrame, got "
+                        f"{type(frame).__name__}")
+    missing = [c for c in used if c not in frame.columns]
+    if missing:
+        raise UserError(f"task pair '{pair}': column(s) {', '.join(map(repr, missing))} not in "
+                        f"{where}; its columns are: {', '.join(map(str, frame.columns))}")
+    if owner is not None and len(frame) == 0:
+        raise UserError(f"task pair '{pair}': {where} is empty")
+    clean = frame[list(used)].dropna()
+    if len(clean) == 0:
+        raise UserError(f"task pair '{pair}': no row is left in {where} after dropping rows "
+                        f"with missing values ({len(frame)} rows before)")
+    return clean
+
+
+def _target(clean: Any, col: str, kind: str, pair: str) -> tuple[np.ndarray, list[str] | None]:
+    """A target column: class codes 0..C-1 in sorted order of the labels (and the labels), or
+    the numeric values of a regression column."""
+    import pandas as pd
+
+    if kind == CLASSIFICATION:
+        codes = clean[col].astype("category")
+        return codes.cat.codes.to_numpy(dtype=np.int64), [str(c) for c in codes.cat.categories]
+    if not pd.api.types.is_numeric_dtype(clean[col]):
+        raise UserError(f"task pair '{pair}': regression column '{col}' is not numeric "
+                        f"(dtype {clean[col].dtype})")
+    return clean[col].to_numpy(dtype=np.float64), None
+
+
+def _frame_arrays(frame: Any, inputs: Sequence[str], classification: Sequence[str],
+                  regression: Sequence[str], pair: str
+                  ) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any], Any]:
+    """:func:`frame_arrays` plus the index labels of the rows kept."""
+    clean = _clean(frame, [*inputs, *classification, *regression], pair, None)
+    (x,), features = _encode_inputs([clean], inputs, ["-"], pair)
+    targets: list[np.ndarray] = []
+    classes: dict[str, list[str]] = {}
+    for col in classification:
+        y, classes[col] = _target(clean, col, CLASSIFICATION, pair)  # type: ignore[assignment]
+        targets.append(y)
+    targets += [_target(clean, col, REGRESSION, pair)[0] for col in regression]
+    info = {"rows_total": int(len(frame)), "rows_dropped_missing": int(len(frame) - len(clean)),
+            "features": features, "classes": classes}
+    return x, targets, info, clean.index
 
 
 def frame_arrays(frame: Any, inputs: Sequence[str], classification: Sequence[str] = (),
@@ -498,39 +590,63 @@ def frame_arrays(frame: Any, inputs: Sequence[str], classification: Sequence[str
     a row with a missing value in any column used is dropped, and ``info`` records how many.
     Targets come back classification columns first, then regression columns.
     """
-    import pandas as pd
+    x, targets, info, _ = _frame_arrays(frame, inputs, classification, regression, pair)
+    return x, targets, info
 
-    used = [*inputs, *classification, *regression]
-    missing = [c for c in used if c not in frame.columns]
-    if missing:
-        raise UserError(f"task pair '{pair}': column(s) {', '.join(map(repr, missing))} not in "
-                        f"the data frame; its columns are: {', '.join(map(str, frame.columns))}")
-    clean = frame[used].dropna()
-    if len(clean) == 0:
-        raise UserError(f"task pair '{pair}': no row is left after dropping rows with missing "
-                        f"values ({len(frame)} rows before)")
-    pieces = []
-    for col in inputs:
-        series = clean[col]
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            pieces.append(series.astype(float).to_frame())
-        else:
-            pieces.append(pd.get_dummies(series.astype(str), prefix=col, dtype=float))
-    x = pd.concat(pieces, axis=1)
-    targets: list[np.ndarray] = []
-    classes: dict[str, list[str]] = {}
-    for col in classification:
-        codes = clean[col].astype("category")
-        classes[col] = [str(c) for c in codes.cat.categories]
-        targets.append(codes.cat.codes.to_numpy(dtype=np.int64))
-    for col in regression:
-        if not pd.api.types.is_numeric_dtype(clean[col]):
-            raise UserError(f"task pair '{pair}': regression column '{col}' is not numeric "
-                            f"(dtype {clean[col].dtype})")
-        targets.append(clean[col].to_numpy(dtype=np.float64))
-    info = {"rows_total": int(len(frame)), "rows_dropped_missing": int(len(frame) - len(clean)),
-            "features": [str(c) for c in x.columns], "classes": classes}
-    return x.to_numpy(dtype=np.float64), targets, info
+
+def _default_metrics(kind: str) -> tuple[str, ...]:
+    return (FrameTaskPair.classification_metrics if kind == CLASSIFICATION
+            else FrameTaskPair.regression_metrics)
+
+
+def check_frame_metrics(pair: str, kinds: dict[str, str],
+                        metrics: dict[str, str | Sequence[str]] | None,
+                        primary: dict[str, str] | None
+                        ) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """Validate ``metrics=`` and ``primary=`` of a frame pair against its tasks (``kinds``:
+    task -> kind) and the metric registry; return them normalised. A task's primary metric
+    must be one of the metrics it reports (its chosen ones, or the defaults)."""
+    from mtl_bench.metrics import METRICS
+
+    chosen: dict[str, tuple[str, ...]] = {}
+    for role, given in (("metrics", metrics), ("primary", primary)):
+        unknown = sorted(set(given or {}) - set(kinds))
+        if unknown:
+            raise UserError(f"task pair '{pair}': {role} names {', '.join(unknown)}, which are "
+                            f"not its tasks ({', '.join(kinds)})")
+    for task, names in (metrics or {}).items():
+        names = _as_columns(names)
+        kind = kinds[task]
+        allowed = [m for m, spec in METRICS.items() if spec.kind == kind]
+        if not names:
+            raise UserError(f"task pair '{pair}': metrics of '{task}' is empty; choose from: "
+                            + ", ".join(allowed))
+        for m in names:
+            if m not in allowed:
+                what = (f"a {METRICS[m].kind} metric" if m in METRICS else "an unknown metric")
+                raise UserError(f"task pair '{pair}': metric '{m}' of '{task}' is {what}; a "
+                                f"{kind} task takes: {', '.join(allowed)}")
+        if len(set(names)) != len(names):
+            raise UserError(f"task pair '{pair}': metrics of '{task}' name a metric twice "
+                            f"({', '.join(names)})")
+        chosen[task] = names
+    for task, metric in (primary or {}).items():
+        reported = chosen.get(task, _default_metrics(kinds[task]))
+        if metric not in reported:
+            raise UserError(f"task pair '{pair}': primary metric '{metric}' of '{task}' is not "
+                            f"one of its metrics ({', '.join(reported)})")
+    return chosen, dict(primary or {})
+
+
+def _load_table(pair: str, fn: Callable[[], Any], owner: str | None) -> Any:
+    try:
+        return fn()
+    except UserError:
+        raise
+    except Exception as exc:
+        where = "its data frame" if owner is None else f"the table of task '{owner}'"
+        raise UserError(f"task pair '{pair}': loading {where} failed: "
+                        f"{type(exc).__name__}: {exc}") from exc
 
 
 class FrameTaskPair(TaskPair):
@@ -548,6 +664,8 @@ class FrameTaskPair(TaskPair):
     regression_columns: ClassVar[tuple[str, ...]] = ()
     classification_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "ece")
     regression_metrics: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")
+    #: Column -> the metrics its task reports (others get the two defaults above).
+    task_metrics: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: Column -> its primary metric (the others default as :class:`Task` says).
     primary_metrics: ClassVar[dict[str, str]] = {}
 
@@ -555,87 +673,233 @@ class FrameTaskPair(TaskPair):
         """The whole table as a pandas DataFrame (must not need the network)."""
         raise NotImplementedError
 
-    def _arrays(self) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any]]:
+    def _arrays(self) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any], Any]:
         cached = getattr(self, "_frame_cache", None)
         if cached is None:
-            try:
-                frame = self.load_frame()
-            except UserError:
-                raise
-            except Exception as exc:
-                raise UserError(f"task pair '{self.name}': loading its data frame failed: "
-                                f"{type(exc).__name__}: {exc}") from exc
-            cached = frame_arrays(frame, self.input_columns, self.classification_columns,
-                                  self.regression_columns, pair=self.name)
+            frame = _load_table(self.name, self.load_frame, None)
+            cached = _frame_arrays(frame, self.input_columns, self.classification_columns,
+                                   self.regression_columns, pair=self.name)
             self._frame_cache = cached
         return cached
 
     def tasks(self) -> tuple[Task, ...]:
-        _, _, info = self._arrays()
+        _, _, info, _ = self._arrays()
         cls = [Task(c, CLASSIFICATION, max(2, len(info["classes"][c])),
-                    self.classification_metrics, primary=self.primary_metrics.get(c))
-               for c in self.classification_columns]
-        reg = [Task(c, REGRESSION, 1, self.regression_metrics,
+                    self.task_metrics.get(c, self.classification_metrics),
+                    primary=self.primary_metrics.get(c)) for c in self.classification_columns]
+        reg = [Task(c, REGRESSION, 1, self.task_metrics.get(c, self.regression_metrics),
                     primary=self.primary_metrics.get(c)) for c in self.regression_columns]
         return (*cls, *reg)
 
+    def _stratify(self) -> np.ndarray | None:
+        _, ys, _, _ = self._arrays()
+        return ys[0] if self.classification_columns else None
+
     def load(self, seed: int) -> TaskData:
-        x, ys, info = self._arrays()
+        x, ys, info, _ = self._arrays()
         tasks = self.tasks()
         for task, y in zip(tasks, ys):
             if task.kind == CLASSIFICATION:
                 check_labels(self.name, task.name, y, task.n_outputs)
-        stratify = ys[0] if self.classification_columns else None
-        data = make_splits(x, ys, [t.kind for t in tasks], seed, stratify=stratify,
+        data = make_splits(x, ys, [t.kind for t in tasks], seed, stratify=self._stratify(),
                            pair=self.name)
         data.info.update(info)
         return data
 
+    def split_rows(self, seed: int) -> list[dict[str, np.ndarray]]:
+        """Per task, the data frame's index labels of the rows in each split of ``seed``, in
+        the order of the rows of :meth:`load`'s splits (the same draw as :func:`make_splits`)."""
+        x, _, _, index = self._arrays()
+        parts = split_indices(len(x), seed, stratify=self._stratify())
+        rows = {name: np.asarray(index[p]) for name, p in zip(("train", "val", "test"), parts)}
+        return [rows for _ in self.tasks()]
 
-def frame_task_pair(name: str, frame_fn: Callable[[], Any], inputs: Sequence[str],
-                    classification: str | Sequence[str] | None = None,
-                    regression: str | Sequence[str] | None = None, *, description: str = "",
-                    epochs: int | None = None, batch_size: int | None = None,
-                    lr: float | None = None, hidden: Sequence[int] | None = None,
-                    primary: dict[str, str] | None = None,
-                    register: bool = True) -> type[FrameTaskPair]:
-    """Make (and by default register under ``name``) a :class:`FrameTaskPair` whose data is
-    ``frame_fn()``, a pandas DataFrame; training defaults not given keep the base's values.
-    ``primary`` names a task's primary metric by its column (``{"body_mass_g": "rmse"}``):
-    the metric that drives selection, Delta_m% and ranks (default accuracy / MAE)."""
-    from mtl_bench.registry import register_task
 
-    cls_cols, reg_cols = _as_columns(classification), _as_columns(regression)
-    if not inputs or not (cls_cols or reg_cols):
-        raise UserError(f"task pair '{name}': needs input columns and at least one "
-                        "classification or regression column")
-    attrs: dict[str, Any] = {
-        "__doc__": description or f"Tasks read from a data frame ({name}).",
-        "description": description or f"{', '.join(cls_cols + reg_cols)} from a data frame",
-        "input_columns": tuple(inputs), "classification_columns": cls_cols,
-        "regression_columns": reg_cols,
-        "load_frame": lambda self: frame_fn(),
-        # the run record hashes the defining module's source: make that the plug-in's file
-        "__module__": getattr(frame_fn, "__module__", __name__),
-    }
+class FrameTablesTaskPair(TaskPair):
+    """One pandas DataFrame per task (the "two datasets" scenario read from tables): task
+    ``name`` is column ``column`` of its own table, of its own size, and every table holds the
+    ``input_columns``. Rows missing a value in a column used are dropped per table and counted.
+    Text, category and boolean inputs are one-hot encoded over the values of all tables, so a
+    feature has one place in the input whichever table a row comes from. Each table is split
+    60 / 20 / 20 on its own with the run seed (stratified on the labels of a classification
+    task); inputs are standardised with the pooled training rows of every table and a
+    regression target with its own table's training rows (:func:`make_separate_splits`). How
+    much of each table an epoch holds follows ``--sampling`` (:func:`epoch_quotas`).
+    Subclasses set ``task_columns`` and implement :meth:`load_table` (or use
+    :func:`frame_task_pair` with ``tasks=``).
+    """
+
+    input_columns: ClassVar[tuple[str, ...]] = ()
+    #: (task name, target column, kind) per task, in the order of the heads.
+    task_columns: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    task_metrics: ClassVar[dict[str, tuple[str, ...]]] = {}
+    primary_metrics: ClassVar[dict[str, str]] = {}
+
+    def load_table(self, task: str) -> Any:
+        """The table of ``task`` as a pandas DataFrame (must not need the network)."""
+        raise NotImplementedError
+
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any], list[Any]]:
+        cached = getattr(self, "_frame_cache", None)
+        if cached is not None:
+            return cached
+        names = [t[0] for t in self.task_columns]
+        frames = [_load_table(self.name, lambda n=n: self.load_table(n), n) for n in names]
+        for owner, frame in zip(names, frames):
+            _clean(frame, [], self.name, owner)  # a DataFrame with rows
+        everywhere = [c for c in self.input_columns if all(c in f.columns for f in frames)]
+        for col in self.input_columns:
+            if col not in everywhere and any(col in f.columns for f in frames):
+                has = next(n for n, f in zip(names, frames) if col in f.columns)
+                lacks = next(n for n, f in zip(names, frames) if col not in f.columns)
+                raise UserError(f"task pair '{self.name}': input column '{col}' is in the table "
+                                f"of task '{has}' but not in that of task '{lacks}'; every "
+                                "table needs every input column")
+        cleans = [_clean(f, [*self.input_columns, col], self.name, n)
+                  for f, (n, col, _) in zip(frames, self.task_columns)]
+        for n, f, c in zip(names, frames, cleans):
+            if len(c) < MIN_TABLE_ROWS:
+                raise UserError(f"task pair '{self.name}': the table of task '{n}' has {len(c)} "
+                                f"usable row(s) ({len(f) - len(c)} of {len(f)} dropped for "
+                                f"missing values); at least {MIN_TABLE_ROWS} are needed for "
+                                "train / val / test splits")
+        xs, features = _encode_inputs(cleans, self.input_columns, names, self.name)
+        ys, classes = [], {}
+        for c, (n, col, kind) in zip(cleans, self.task_columns):
+            y, labels = _target(c, col, kind, self.name)
+            ys.append(y)
+            if labels is not None:
+                classes[n] = labels
+        info = {"rows_total": {n: int(len(f)) for n, f in zip(names, frames)},
+                "rows_dropped_missing": {n: int(len(f) - len(c))
+                                         for n, f, c in zip(names, frames, cleans)},
+                "features": features, "classes": classes}
+        self._frame_cache = (xs, ys, info, [c.index for c in cleans])
+        return self._frame_cache
+
+    def tasks(self) -> tuple[Task, ...]:
+        _, _, info, _ = self._arrays()
+        out = []
+        for name, _, kind in self.task_columns:
+            width = max(2, len(info["classes"][name])) if kind == CLASSIFICATION else 1
+            out.append(Task(name, kind, width,
+                            self.task_metrics.get(name, _default_metrics(kind)),
+                            primary=self.primary_metrics.get(name)))
+        return tuple(out)
+
+    def _stratify(self) -> list[np.ndarray | None]:
+        _, ys, _, _ = self._arrays()
+        return [y if kind == CLASSIFICATION else None
+                for y, (_, _, kind) in zip(ys, self.task_columns)]
+
+    def load(self, seed: int) -> TaskData:
+        xs, ys, info, _ = self._arrays()
+        tasks = self.tasks()
+        for task, y in zip(tasks, ys):
+            if task.kind == CLASSIFICATION:
+                check_labels(self.name, task.name, y, task.n_outputs)
+        data = make_separate_splits(xs, ys, [t.kind for t in tasks], seed,
+                                    stratify=self._stratify(), pair=self.name,
+                                    task_names=[t.name for t in tasks])
+        data.info.update(info)
+        return data
+
+    def split_rows(self, seed: int) -> list[dict[str, np.ndarray]]:
+        """Per task, its table's index labels of the rows in each split of ``seed``, in the
+        order of the rows of :meth:`load`'s splits (the draw of :func:`make_separate_splits`)."""
+        xs, _, _, indices = self._arrays()
+        out = []
+        for x, index, strat in zip(xs, indices, self._stratify()):
+            parts = split_indices(len(x), seed, stratify=strat)
+            out.append({n: np.asarray(index[p]) for n, p in zip(("train", "val", "test"), parts)})
+        return out
+
+
+def _training_defaults(epochs: int | None, batch_size: int | None, lr: float | None,
+                       hidden: Sequence[int] | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
         if value is not None:
             attrs[key] = value
     if hidden is not None:
         attrs["hidden"] = tuple(hidden)
-    if primary:
-        unknown = sorted(set(primary) - set(cls_cols) - set(reg_cols))
-        if unknown:
-            raise UserError(f"task pair '{name}': primary names {', '.join(unknown)}, which are "
-                            "not its classification or regression columns")
-        for col, metric in primary.items():
-            allowed = (FrameTaskPair.classification_metrics if col in cls_cols
-                       else FrameTaskPair.regression_metrics)
-            if metric not in allowed:
-                raise UserError(f"task pair '{name}': primary metric '{metric}' of '{col}' is "
-                                f"not one of its metrics ({', '.join(allowed)})")
-        attrs["primary_metrics"] = dict(primary)
-    cls = type(f"FramePair_{name.replace('-', '_')}", (FrameTaskPair,), attrs)
+    return attrs
+
+
+def frame_task_pair(name: str, frame_fn: Callable[[], Any] | None = None,
+                    inputs: Sequence[str] = (),
+                    classification: str | Sequence[str] | None = None,
+                    regression: str | Sequence[str] | None = None, *,
+                    tasks: dict[str, tuple[Callable[[], Any], str, str]] | None = None,
+                    metrics: dict[str, str | Sequence[str]] | None = None,
+                    primary: dict[str, str] | None = None, description: str = "",
+                    epochs: int | None = None, batch_size: int | None = None,
+                    lr: float | None = None, hidden: Sequence[int] | None = None,
+                    register: bool = True) -> type[TaskPair]:
+    """Make (and by default register under ``name``) a task pair read from pandas DataFrames.
+
+    One table for all tasks: ``frame_fn()`` returns it; ``classification`` and ``regression``
+    name the target columns, each a task named after its column (:class:`FrameTaskPair`).
+    One table per task: ``tasks={"age": (load_a, "age", "regression"), "sex": (load_b, "sex",
+    "classification")}`` maps each task to (a function returning its table, its target column,
+    its kind), each table of its own size (:class:`FrameTablesTaskPair`). ``inputs`` are the
+    input columns (in every table).
+
+    ``metrics`` lists, per task, the metrics it reports (``{"sex": ["accuracy", "auroc"]}``;
+    any registered metric of the task's kind; default accuracy, macro-F1 and ECE for
+    classification, MAE, RMSE and R^2 for regression). ``primary`` names a task's primary metric
+    (``{"body_mass_g": "rmse"}``), one of its metrics: the metric that drives selection,
+    Delta_m% and ranks (default accuracy / MAE). Training defaults not given keep the base's.
+    """
+    from mtl_bench.registry import register_task
+
+    attrs: dict[str, Any] = {"input_columns": tuple(_as_columns(inputs)),
+                             **_training_defaults(epochs, batch_size, lr, hidden)}
+    if tasks is not None:
+        if frame_fn is not None or classification is not None or regression is not None:
+            raise UserError(f"task pair '{name}': give either one table (frame_fn with "
+                            "classification / regression columns) or tasks=, not both")
+        if not inputs or not tasks:
+            raise UserError(f"task pair '{name}': needs input columns and at least one task")
+        specs, loaders = [], {}
+        for task, spec in tasks.items():
+            if (not isinstance(spec, tuple) or len(spec) != 3 or not callable(spec[0])
+                    or spec[2] not in (CLASSIFICATION, REGRESSION)):
+                raise UserError(f"task pair '{name}': tasks['{task}'] should be (a function "
+                                "returning a DataFrame, the target column, 'classification' "
+                                f"or 'regression'), got {spec!r}")
+            specs.append((str(task), str(spec[1]), spec[2]))
+            loaders[str(task)] = spec[0]
+        kinds = {t: k for t, _, k in specs}
+        base: type[TaskPair] = FrameTablesTaskPair
+        first = next(iter(loaders.values()))
+        attrs.update(task_columns=tuple(specs),
+                     load_table=lambda self, task: loaders[task](),
+                     description=description or f"{', '.join(kinds)}, one data frame each")
+    else:
+        cls_cols, reg_cols = _as_columns(classification), _as_columns(regression)
+        if frame_fn is None or not inputs or not (cls_cols or reg_cols):
+            raise UserError(f"task pair '{name}': needs input columns and at least one "
+                            "classification or regression column of frame_fn's table (or "
+                            "tasks=, one table per task)")
+        kinds = {**{c: CLASSIFICATION for c in cls_cols}, **{c: REGRESSION for c in reg_cols}}
+        base, first = FrameTaskPair, frame_fn
+        attrs.update(classification_columns=cls_cols, regression_columns=reg_cols,
+                     load_frame=lambda self: frame_fn(),
+                     description=description
+                     or f"{', '.join(cls_cols + reg_cols)} from a data frame")
+    targets = ([col for _, col, _ in attrs["task_columns"]] if tasks is not None
+               else list(kinds))
+    leaked = [c for c in attrs["input_columns"] if c in targets]
+    if leaked:
+        raise UserError(f"task pair '{name}': column(s) {', '.join(map(repr, leaked))} are both "
+                        "an input and a target")
+    chosen, primaries = check_frame_metrics(name, kinds, metrics, primary)
+    attrs.update(task_metrics=chosen, primary_metrics=primaries,
+                 __doc__=description or f"Tasks read from data frames ({name}).",
+                 # the run record hashes the defining module's source: make that the plug-in's
+                 __module__=getattr(first, "__module__", __name__))
+    cls = type(f"FramePair_{name.replace('-', '_')}", (base,), attrs)
     if register:
         return register_task(name)(cls)
     cls.name = name

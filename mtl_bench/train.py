@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mtl_bench import registry
-from mtl_bench.architectures import check_gradient_source
+from mtl_bench.architectures import canonical_architecture, check_gradient_source
 from mtl_bench.clock import DivergenceGuard, PhaseTimer, StepClock, make_clock
 from mtl_bench.errors import RunDiverged, UserError
 from mtl_bench.metrics import get_metric
@@ -46,7 +46,6 @@ from mtl_bench.step import (  # noqa: F401  (the step's helpers are imported fro
 )
 from mtl_bench.strategy import REGRESSION, Strategy, label
 from mtl_bench.task import (
-    ARCHITECTURES,
     SAMPLING_POLICIES,
     MultiTaskNet,
     Split,
@@ -111,8 +110,9 @@ class RunConfig:
     cuda_graph: bool = False
 
     def resolved(self) -> RunConfig:
-        """Concrete epochs/batch/lr, and options and hyper-parameters in canonical form (only
-        those that differ from the defaults), so equivalent configs share one run id."""
+        """Concrete epochs/batch/lr, and options, hyper-parameters and the architecture spec in
+        canonical form (only those that differ from the defaults), so equivalent configs share
+        one run id."""
         pair_cls = registry.tasks.get(self.task)
         return replace(
             self,
@@ -122,6 +122,7 @@ class RunConfig:
             epochs=self.epochs if self.epochs is not None else pair_cls.epochs,
             batch_size=self.batch_size if self.batch_size is not None else pair_cls.batch_size,
             lr=self.lr if self.lr is not None else pair_cls.lr,
+            architecture=canonical_architecture(self.architecture),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,9 +183,7 @@ def canonical_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]
 def validate(config: RunConfig) -> None:
     """Raise UserError for anything wrong with a config before any training starts."""
     check_rule(config.select)
-    if config.architecture not in ARCHITECTURES:
-        raise UserError(f"unknown architecture '{config.architecture}'; choose from: "
-                        + ", ".join(ARCHITECTURES))
+    canonical_architecture(config.architecture)  # UserError for a bad architecture spec
     if config.sampling not in SAMPLING_POLICIES:
         raise UserError(f"unknown sampling policy '{config.sampling}'; choose from: "
                         + ", ".join(SAMPLING_POLICIES))
@@ -409,6 +408,25 @@ def failures_since(strategy: Strategy, per_epoch: list[int]) -> int:
     return int(getattr(strategy, "solver_failures", 0)) - sum(per_epoch)
 
 
+#: XOR-ed into a run's seed to seed its meta-batch stream. Torch's CPU generator keeps only the
+#: low 32 bits of a seed (an offset of 2**32 would replay the training order), and a non-zero
+#: mask never maps a seed to itself: a run's meta stream is never its own training order.
+META_SEED_MASK = 0x9E3779B9
+
+
+def meta_batches(split: Split, batch_size: int, seed: int, policy: str = "proportional"
+                 ) -> Iterator[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]:
+    """The meta batches of a bilevel strategy, one per step, without end: epochs of
+    :func:`~mtl_bench.task.iterate_batches` over the *training* split (with the run's batch size
+    and sampling policy) in an order of their own, drawn from a generator seeded with ``seed ^``
+    :data:`META_SEED_MASK`. Never the validation or test split: they select and score the
+    model, so they must not steer its training (the official Auto-Lambda code also draws its
+    meta batch from a second, reshuffled loader of the training set)."""
+    gen = torch.Generator().manual_seed((seed ^ META_SEED_MASK) % 2**32)
+    while True:
+        yield from iterate_batches(split, batch_size, gen, policy)
+
+
 def set_up_run(config: RunConfig, device: torch.device
                ) -> tuple[TaskPair, list[Task], TaskData, MultiTaskNet, Strategy, dict[str, Any]]:
     """Everything a run builds before its first step, in a fixed order, so that a seed gives
@@ -484,6 +502,8 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
     timer = PhaseTimer(clock)
     guard = DivergenceGuard(clock)
     gen = torch.Generator().manual_seed(config.seed)
+    meta = (meta_batches(data.train, config.batch_size, config.seed, config.sampling)
+            if strategy.needs_meta_batch else None)
     n_steps = steps_per_epoch(data.train, config.batch_size)
     diag_every = config.diag_every if config.diag_every > 0 else n_steps
 
@@ -525,9 +545,10 @@ def train_run(config: RunConfig, progress: Callable[[str], None] | None = None,
             batches = pace.unread = 0
             for inputs, targets in iterate_batches(data.train, config.batch_size, gen,
                                                    config.sampling):
+                extra = {} if meta is None else {"meta": next(meta)}
                 try:
                     losses, weights, marks, diag = run_step(
-                        inputs, targets, want_diag=step % diag_every == 0)
+                        inputs, targets, want_diag=step % diag_every == 0, **extra)
                 except Exception:
                     read_back(epoch)  # a non-finite loss before this error ends the run first
                     raise

@@ -278,3 +278,29 @@ def min_norm_solve(gram: np.ndarray, max_iter: int = 250,
             return alpha, True
         return frank_wolfe(gram, max_iter, tol)[0], False  # the exact solve broke down
     return frank_wolfe(gram, max_iter, tol)
+
+
+def project_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection of v onto the simplex {x : x >= 0, sum x = 1}, exactly: with u the
+    entries sorted in decreasing order and rho the largest k such that u_k > (sum_{j<=k} u_j -
+    1) / k, the projection is max(v - theta, 0) with theta = (sum_{j<=rho} u_j - 1) / rho."""
+    u = np.sort(v)[::-1]
+    excess = np.cumsum(u) - 1.0
+    k = np.arange(1, len(v) + 1)
+    rho = int(np.flatnonzero(u - excess / k > 0)[-1])
+    return np.maximum(v - excess[rho] / (rho + 1), 0.0)
+
+
+def min_norm_weights(gram: np.ndarray, max_iter: int = 250,
+                     tol: float = 1e-5) -> tuple[np.ndarray, bool]:
+    """MGDA's weights (the min-norm point of the convex hull of the task gradients, no gradient
+    normalisation) and whether the solver converged: uniform when every gradient is zero, the
+    closed form :func:`min_norm_pair` for two tasks, :func:`min_norm_solve` on the normalised
+    Gram matrix otherwise. ``mgda`` with its defaults gives exactly these weights."""
+    t = len(gram)
+    if not np.trace(gram) > 0:
+        return np.full(t, 1.0 / t), True
+    if t == 2:
+        gamma = min_norm_pair(float(gram[0, 0]), float(gram[0, 1]), float(gram[1, 1]))
+        return np.array([gamma, 1.0 - gamma]), True
+    return min_norm_solve(normalised(gram), max_iter, tol)

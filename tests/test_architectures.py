@@ -1,18 +1,32 @@
 """Architectures: cross-stitch, MMoE, CGC, PLE, DSelect-k on the pairs' own trunks."""
 
+import json
+
 import pytest
 import torch
 
 from mtl_bench.architectures import (
+    ARCHITECTURE_PARAMS,
     ARCHITECTURES,
     PER_TASK,
     DSelectKGate,
+    architectures_help,
+    canonical_architecture,
     check_gradient_source,
+    parse_architecture,
     smooth_step,
 )
+from mtl_bench.cli import main
 from mtl_bench.errors import UserError
 from mtl_bench.task import TaskPair
-from mtl_bench.train import RunConfig, build_strategy, build_task_pair, train_run, train_step
+from mtl_bench.train import (
+    RunConfig,
+    build_strategy,
+    build_task_pair,
+    train_run,
+    train_step,
+    validate,
+)
 
 DIGITS = {"pairs_per_image": 1}
 STRATEGIES = [("fixed", {}), ("uncertainty", {}), ("gradnorm", {}), ("pcgrad", {}),
@@ -143,3 +157,115 @@ def test_single_task_baseline_counts_the_trunk_as_shared(architecture):
     config = RunConfig(task="clsreg", strategy="pcgrad", architecture=architecture, epochs=1,
                        single_task="species")
     assert train_run(config)["status"] == "ok"
+
+
+# -- architecture specs: NAME[:key=value,...] --------------------------------------------------
+@pytest.mark.parametrize("spec,canonical", [
+    ("mmoe", "mmoe"),
+    ("mmoe:experts=3", "mmoe"),  # the default dropped: the same setting as plain mmoe
+    (" mmoe : experts = 6 ", "mmoe:experts=6"),
+    ("dselect-k:k=1,experts=8", "dselect-k:experts=8,k=1"),  # keys sorted
+    ("dselect-k:gamma=2.0,k=2", "dselect-k:gamma=2"),  # printed again, k at its default
+    ("dselect-k:gamma=0.50", "dselect-k:gamma=0.5"),
+    ("cross-stitch:self=0.90", "cross-stitch"),
+    ("cross-stitch:self=1e-3", "cross-stitch:self=0.001"),
+    ("cgc:task_experts=0,shared_experts=2", "cgc:shared_experts=2,task_experts=0"),
+    ("ple:shared_experts=1", "ple"),
+    ("shared", "shared"),
+    ("separate", "separate"),
+])
+def test_spec_canonical_form(spec, canonical):
+    assert canonical_architecture(spec) == canonical
+    assert canonical_architecture(canonical) == canonical
+    name, values = parse_architecture(spec)
+    assert name == canonical.split(":")[0]
+    assert set(values) == set(ARCHITECTURE_PARAMS[name])
+
+
+def test_spec_defaults_are_the_documented_constants():
+    assert parse_architecture("mmoe")[1] == {"experts": 3}
+    assert parse_architecture("cgc")[1] == {"shared_experts": 1, "task_experts": 1}
+    assert parse_architecture("ple")[1] == {"shared_experts": 1, "task_experts": 1}
+    assert parse_architecture("dselect-k")[1] == {"experts": 4, "k": 2, "gamma": 1.0}
+    assert parse_architecture("cross-stitch")[1] == {"self": 0.9}
+    assert parse_architecture("shared")[1] == {}
+    help_text = architectures_help()
+    for piece in ("mmoe[:experts=3]", "dselect-k[:experts=4,gamma=1,k=2]",
+                  "cgc[:shared_experts=1,task_experts=1]", "cross-stitch[:self=0.9]", "separate"):
+        assert piece in help_text
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("moe", r"unknown architecture 'moe'; choose from: shared, separate, .*mmoe\[:experts=3\]"),
+    ("mmoe:expert=2", r"'mmoe' has no key 'expert'; keys of 'mmoe' \(defaults\): experts=3"),
+    ("mmoe:experts=0", r"`experts` should be an integer >= 1, got '0'; .*experts=3"),
+    ("mmoe:experts=2.5", r"`experts` should be an integer >= 1, got '2.5'"),
+    ("mmoe:experts", r"expected key=value, got 'experts'"),
+    ("mmoe:", r"expected key=value"),
+    ("mmoe:experts=2,experts=4", r"sets 'experts' twice"),
+    ("shared:experts=2", r"'shared' has no key 'experts'; 'shared' takes no parameters"),
+    ("dselect-k:experts=1", r"`experts` should be an integer >= 2"),
+    ("dselect-k:experts=3,k=4", r"`k` should be at most `experts` \(3\), got 4; "
+                                r"keys of 'dselect-k' \(defaults\): experts=4, gamma=1, k=2"),
+    ("dselect-k:gamma=0", r"`gamma` should be a positive float"),
+    ("dselect-k:gamma=inf", r"`gamma` should be a positive float"),
+    ("cross-stitch:self=1.5", r"`self` should be a float in \[0, 1\]"),
+    ("cgc:shared_experts=0", r"`shared_experts` should be an integer >= 1"),
+])
+def test_spec_errors_are_one_line_with_the_valid_keys(spec, match):
+    with pytest.raises(UserError, match=match) as info:
+        canonical_architecture(spec)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=match):
+        validate(RunConfig(architecture=spec))
+
+
+def test_spec_builds_the_requested_experts_and_k():
+    _, _, model = build("clsreg", "mmoe:experts=2")
+    assert len(model.trunk.shared) == 2 and model.trunk.gates[0].linear.out_features == 2
+    _, _, model = build("clsreg", "dselect-k:experts=5,k=3,gamma=0.5")
+    gate = model.trunk.gates[0]
+    assert len(model.trunk.shared) == 5 and (gate.n, gate.k, gate.gamma) == (5, 3, 0.5)
+    assert gate.mixer.out_features == 3 and gate.selectors.out_features == 3 * 3  # 3 bits
+    _, _, model = build("clsreg", "cgc:shared_experts=2,task_experts=3")
+    assert len(model.trunk.shared) == 2 and [len(o) for o in model.trunk.own] == [3, 3]
+    _, _, model = build("clsreg", "ple:shared_experts=3,task_experts=2")
+    assert all(len(level) == 3 for level in model.trunk.shared)
+    assert all(len(own) == 2 for level in model.trunk.own for own in level)
+    assert model.trunk.task_gates[0][0].linear.out_features == 3 + 2
+    assert model.trunk.shared_gates[0].linear.out_features == 3 + 2 * 2
+    _, _, model = build("clsreg", "cross-stitch:self=0.6")
+    torch.testing.assert_close(model.trunk.units[0].detach(),
+                               torch.tensor([[0.6, 0.4], [0.4, 0.6]]))
+    # the defaults build what the plain names build
+    assert len(build("clsreg", "mmoe")[2].trunk.shared) == 3
+    assert build("clsreg", "dselect-k")[2].trunk.gates[0].k == 2
+
+
+def test_spec_refusals_and_run_ids_use_the_canonical_form():
+    with pytest.raises(UserError, match="the 'mmoe' architecture gives each task its own"):
+        check_gradient_source("mmoe:experts=2", build_strategy("pcgrad", {"source": "rep"}))
+    check_gradient_source("mmoe:experts=2", build_strategy("pcgrad", {}))
+    assert RunConfig(architecture="mmoe:experts=3").run_id == RunConfig(architecture="mmoe").run_id
+    assert RunConfig(architecture="mmoe:experts=2").run_id != RunConfig(architecture="mmoe").run_id
+    assert RunConfig(architecture=" mmoe:experts=2").resolved().architecture == "mmoe:experts=2"
+
+
+@pytest.mark.slow
+def test_two_specs_are_two_settings_end_to_end(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    common = ["--task", "clsreg", "--strategy", "fixed", "--seeds", "1", "--epochs", "1",
+              "--runs-dir", runs, "--quiet"]
+    assert main(["run", "--architecture", "mmoe:experts=2", *common]) == 0
+    assert main(["run", "--architecture", "dselect-k:k=1,experts=8", *common]) == 0
+    # another spelling of the first spec is the same setting: nothing new to run
+    assert main(["run", "--architecture", "mmoe: experts=02", *common, "--dry-run"]) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert main(["aggregate", "--runs-dir", runs, "--out", str(tmp_path / "tables")]) == 0
+    assert "2 run records (2 ok, 0 failed) in 2 setting(s)" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "tables" / "meta.json").read_text())
+    assert sorted(s["architecture"] for s in meta["settings"]) == [
+        "dselect-k:experts=8,k=1", "mmoe:experts=2"]
+    assert main(["run", "--architecture", "mmoe:experts=0", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "keys of 'mmoe' (defaults): experts=3" in err

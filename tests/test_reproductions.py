@@ -320,3 +320,155 @@ def test_equivalent_toy_options_share_one_run_id():
         RunConfig(task="gradnorm-toy").run_id
     assert RunConfig(task="gradnorm-toy", task_options={"sigmas": [1, 10]}).run_id != \
         RunConfig(task="gradnorm-toy").run_id
+
+
+# -- the reproductions package: registry and command line ---------------------------------------
+def test_every_reproduction_is_registered_in_page_order():
+    from mtl_bench.reproductions import REPRODUCTIONS
+
+    assert list(REPRODUCTIONS) == ["gradnorm-toy", "multi-digits", "toy-2d", "quadratic"]
+    assert reproduce.REPRODUCTIONS is REPRODUCTIONS
+
+
+@pytest.mark.parametrize("name", ["toy-2d", "quadratic", "all"])
+def test_cli_help_lists_every_reproduction(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        reproduce.main([name, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for listed in ("gradnorm-toy", "multi-digits", "toy-2d", "quadratic", "--report-only"):
+        assert listed in out
+
+
+@pytest.mark.parametrize("argv", [["toy-3d"], ["quadratic", "--jobs", "0"],
+                                  ["toy-2d", "--epochs", "x"], []])
+def test_cli_user_errors_are_one_error_line_and_exit_2(argv, capsys, tmp_path):
+    code = reproduce.main([*argv, "--runs-dir", str(tmp_path / "runs"),
+                           "--docs", str(tmp_path / "r.md")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r.md").exists() and not (tmp_path / "runs").exists()
+
+
+# -- toy-2d: verdict rules on constructed records ----------------------------------------------
+def toy2d_record(strategy, start, distance, position, path=((0.0, 0.0), (1.0, -2.0)),
+                 losses=(0.5, 1.5), status="ok"):
+    """A record as the harness writes it, reduced to what the toy-2d analysis reads."""
+    rows = []
+    for epoch, (x1, x2) in enumerate(path):
+        for task, loss in zip(("task1", "task2"), losses):
+            for metric, value in (("objective", loss), ("pareto_distance", distance),
+                                  ("front_position", position), ("x1", x1), ("x2", x2)):
+                rows.append([epoch, "test", task, metric, value])
+                rows.append([epoch, "val", task, metric, -99.0])  # another split: not read
+    return {"run_id": f"{strategy}-{start}", "task_pair": "toy-2d", "strategy": strategy,
+            "seed": start, "status": status, "reason": "" if status == "ok" else "boom",
+            "config": {"task_options": {}, "lr": 1e-3, "batch_size": 1,
+                       "epochs": len(path) - 1},
+            "data": {"start_index": start, "variant": "scaled", "n_train": 500},
+            "tasks": [{"name": "task1"}, {"name": "task2"}], "wall_s": 1.0,
+            "provenance": {"device": "cpu", "threads": 1, "torch": "x"},
+            "curves": {"columns": ["epoch", "split", "task", "metric", "value"],
+                       "rows": rows if status == "ok" else []}}
+
+
+def toy2d_ends(cases):
+    from mtl_bench.reproductions.toy_2d import toy_end
+
+    return [toy_end(toy2d_record(*c)) for c in cases]
+
+
+def test_toy2d_record_reading_takes_the_last_epoch_of_the_test_split():
+    from mtl_bench.reproductions.toy_2d import toy_end
+
+    e = toy_end(toy2d_record("famo", 3, 0.01, 0.4, path=((-7.5, -0.5), (0, -5), (1, -8.3)),
+                             losses=(0.25, -3.0)))
+    assert (e.strategy, e.start, e.ok) == ("famo", 3, True)
+    np.testing.assert_array_equal(e.path, [[-7.5, -0.5], [0, -5], [1, -8.3]])
+    assert e.losses == (0.25, -3.0) and e.distance == 0.01 and e.position == 0.4
+    failed = toy_end(toy2d_record("famo", 4, 0.0, 0.5, status="failed"))
+    assert not failed.ok and failed.where == "failed" and not failed.reaches
+
+
+def test_toy2d_thresholds_at_their_boundaries():
+    from mtl_bench.reproductions import toy_2d as t
+
+    assert (t.REACH_TOL, t.EXTREME, t.BALANCED) == (0.05, 0.15, (0.25, 0.75))
+    at_tol, below, extreme_lo, extreme_hi, just_in, bal_lo, bal_hi, just_out = toy2d_ends([
+        ("mgda", 0, 0.05, 0.0), ("mgda", 0, 0.0499, 0.0), ("mgda", 0, 0.0, 0.15),
+        ("mgda", 0, 0.0, 0.85), ("mgda", 0, 0.0, 0.1501), ("mgda", 0, 0.0, 0.25),
+        ("mgda", 0, 0.0, 0.75), ("mgda", 0, 0.0, 0.2499)])
+    # distance exactly at the tolerance does not reach the front (d < 0.05 is required)
+    assert not at_tol.reaches and at_tol.where == "off the front" and not at_tol.extreme
+    assert below.reaches and below.extreme
+    assert extreme_lo.extreme and extreme_hi.extreme and not just_in.extreme
+    assert just_in.where == "in between" and just_out.where == "in between"
+    assert bal_lo.balanced and bal_hi.balanced and bal_lo.where == "balanced"
+
+
+def test_toy2d_equal_weights_rule():
+    from mtl_bench.reproductions.toy_2d import equal_weights_finding
+
+    reach_all = [("fixed", k, 0.001, 0.5) for k in range(5)]
+    f = equal_weights_finding(toy2d_ends(reach_all))
+    assert f.verdict == NOT_REPRODUCED and "0 of 5 finished runs" in f.evidence
+    # one start exactly at the tolerance counts as stuck; CAGrad's sixth start is not counted
+    one_off = reach_all[:4] + [("fixed", 4, 0.05, 0.0), ("fixed", 5, 3.0, 1.0)]
+    f = equal_weights_finding(toy2d_ends(one_off))
+    assert f.verdict == REPRODUCED and "1 of 5 finished runs" in f.evidence
+    assert "(9, -1): d = 0.05, p = 0.00" in f.evidence
+    # a crashed run is not a run that got stuck
+    crashed = reach_all[:4] + [("fixed", 4, 9.0, 0.0, ((0, 0),), (0, 0), "failed")]
+    f = equal_weights_finding(toy2d_ends(crashed))
+    assert f.verdict == NOT_REPRODUCED and "0 of 4 finished runs" in f.evidence
+    assert "1 run(s) failed" in f.evidence
+
+
+def test_toy2d_per_run_rules_count_failed_and_missing_runs_against_the_claim():
+    from mtl_bench.reproductions.toy_2d import balanced_finding, extremes_finding
+
+    ends = [("mgda", k, 0.0, 0.05 if k % 2 else 0.95) for k in range(5)]
+    ends += [("pcgrad", k, 0.0, 1.0) for k in range(5)]
+    assert extremes_finding(toy2d_ends(ends)).verdict == REPRODUCED
+    # one PCGrad run balanced instead: that strategy is partly, so the finding is partly
+    ends[-1] = ("pcgrad", 4, 0.0, 0.5)
+    f = extremes_finding(toy2d_ends(ends))
+    assert f.verdict == PARTLY and "PCGrad 4 of 5" in f.evidence and "MGDA 5 of 5" in f.evidence
+
+    nash = [("nash_mtl", k, 0.001, 0.5) for k in range(5)]
+    famo = [("famo", k, 0.001, 0.25) for k in range(4)]
+    assert balanced_finding(toy2d_ends(nash + famo + [("famo", 4, 0.0, 0.75)])).verdict == \
+        REPRODUCED
+    # FAMO's fifth run failed: 4 of 5; missing entirely: also 4 of 5
+    f = balanced_finding(toy2d_ends(nash + famo + [("famo", 4, 0, 0.5, ((0, 0),), (0, 0),
+                                                    "failed")]))
+    assert f.verdict == PARTLY and "FAMO 4 of 5" in f.evidence
+    f = balanced_finding(toy2d_ends(nash + famo))
+    assert f.verdict == PARTLY and "FAMO 4 of 5" in f.evidence and "without a record" in f.evidence
+    # nobody balanced: off the front (d = 0.2) at a balanced position does not count
+    f = balanced_finding(toy2d_ends([(s, k, 0.2, 0.5) for s in ("nash_mtl", "famo")
+                                     for k in range(5)]))
+    assert f.verdict == NOT_REPRODUCED
+
+
+def test_toy2d_section_is_computed_from_records(tmp_path):
+    from mtl_bench.reproductions.toy_2d import STRATEGIES, Toy2D
+
+    records = [toy2d_record(s, k, 0.001 if s != "fixed" or k != 2 else 4.0,
+                            {"mgda": 0.9, "pcgrad": 0.1}.get(s, 0.5),
+                            path=((0, 0), (0.5, -4), (k - 2.0, -8.4)))
+               for s in STRATEGIES for k in range(6)]
+    records[-1] = toy2d_record("famo", 5, 0, 0, status="failed")
+    ctx = Context(list(range(6)), 1, 2, tmp_path / "runs", tmp_path / "docs" / "r.md", {})
+    text = Toy2D().section(records, ctx)
+    assert "36 runs" in text and "1 of 36 runs failed" in text
+    assert "| fixed | (9, 9) | (0.000, -8.400) | 0.500 | 1.500 | 4 | 0.500 | off the front |" \
+        in text
+    assert "| famo | (-8.5, -5) | - | - | - | - | - | failed |" in text
+    assert "--seed-batch 6" in text and "--strategy fixed,mgda,pcgrad,cagrad,nash_mtl,famo" in text
+    assert "**1. Equal weights gets stuck from at least one start** — *reproduced*" in text
+    assert "**2. MGDA and PCGrad stop near an end of the front** — *reproduced*" in text
+    assert "**3. Nash-MTL and FAMO reach balanced points** — *reproduced*" in text
+    assert "**4. CAGrad for context** — *no published claim*" in text
+    assert (tmp_path / "docs" / "figures" / "toy-2d_trajectories.png").stat().st_size > 1000

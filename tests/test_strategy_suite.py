@@ -28,6 +28,7 @@ from mtl_bench import registry
 from mtl_bench.strategy import (
     CLASSIFICATION,
     REGRESSION,
+    MetaProblem,
     Strategy,
     TaskGradients,
     TaskInfo,
@@ -40,6 +41,7 @@ PLUGIN_ENV = "MTL_BENCH_PLUGIN"
 GRAD_WIDTH = 16  # columns of the random task-gradient matrices
 STRATEGY_LR = 0.01  # stand-in for the harness optimiser on a strategy's own parameters
 EPOCH_EVERY = 3  # steps per simulated epoch: on_epoch_end is exercised within a short drive
+META_LR = 0.05  # look-ahead learning rate of the bilevel strategies' meta problem
 
 
 def load_env_plugins() -> None:
@@ -73,16 +75,49 @@ def random_inputs(n_tasks: int, steps: int, seed: int = 0) -> list[tuple[Tensor,
     return out
 
 
+def meta_problem(losses: Tensor, matrix: Tensor) -> tuple[MetaProblem, Tensor]:
+    """A bilevel strategy's problem for one step, built from the step's inputs: parameters
+    theta = 0 (width GRAD_WIDTH), training losses L_i(theta) = l_i + g_i . theta +
+    |theta|^2 / 2 (g_i: row i of ``matrix``; at theta = 0 they are the given losses) and meta
+    losses of the same form with h_i = (g_i + g_i rolled by one) / 2. Permuting the tasks
+    permutes both, so the suite's permutation check applies to the meta update too.
+    Returns the problem and its losses at theta (what combine gets)."""
+    theta = torch.zeros(GRAD_WIDTH, requires_grad=True)
+    meta_rows = (matrix + matrix.roll(1, dims=1)) / 2
+
+    def quadratic(rows: Tensor, params: Sequence[Tensor]) -> Tensor:
+        (t,) = params
+        return losses + rows @ t + 0.5 * (t * t).sum()
+
+    at_theta = quadratic(matrix, [theta])
+    problem = MetaProblem([theta], at_theta, lambda ps: quadratic(matrix, ps),
+                          lambda ps: quadratic(meta_rows, ps), lr=META_LR)
+    return problem, at_theta
+
+
 def one_step(strategy: Strategy, losses: Tensor, matrix: Tensor
              ) -> tuple[Update, Tensor | None]:
-    """combine, a plain SGD step on the strategy's own parameters, after_step.
+    """combine, a plain SGD step on the strategy's own parameters, after_step; for a bilevel
+    strategy (``needs_meta_batch``) first its meta update on :func:`meta_problem`, applied by
+    the same SGD step, as the harness does before combine.
 
     Returns the update and d loss / d losses (None for a gradient-level update).
     """
     leaf = losses.clone().requires_grad_(True)
     grads = (TaskGradients(matrix.clone(), strategy.grad_source)
              if strategy.grad_source is not None else None)
-    update = strategy.combine(leaf, grads)
+    combined = leaf
+    if strategy.needs_meta_batch:
+        problem, combined = meta_problem(leaf, matrix)
+        meta_grads = strategy.meta_gradients(problem)
+        if meta_grads is not None:
+            own = [p for p in strategy.parameters() if p.requires_grad]
+            assert len(list(meta_grads)) == len(own), f"{strategy}: one gradient per parameter"
+            with torch.no_grad():
+                for p, g in zip(own, meta_grads):
+                    assert g.shape == p.shape and bool(torch.isfinite(g).all()), strategy
+                    p -= STRATEGY_LR * g
+    update = strategy.combine(combined, grads)
     d_losses = None
     if update.loss is not None:
         params = [p for p in strategy.parameters() if p.requires_grad]
@@ -206,8 +241,12 @@ def check_training_reduces_loss(cls: type[Strategy], steps: int = 50) -> None:
     epoch_losses = []
     for step in range(steps):
         idx = torch.randint(0, len(x), (32,), generator=gen)
+        extra = {}
+        if strategy.needs_meta_batch:  # bilevel: the harness's second draw of training data
+            m = torch.randint(0, len(x), (32,), generator=gen)
+            extra["meta"] = ((x[m],), (y_reg[m], y_cls[m]))
         losses, weights, _, _ = train_step(model, tasks, strategy, (x[idx],),
-                                           (y_reg[idx], y_cls[idx]), optimizer)
+                                           (y_reg[idx], y_cls[idx]), optimizer, **extra)
         assert bool(torch.isfinite(losses).all()) and bool(torch.isfinite(weights).all())
         epoch_losses.append(losses)
         if (step + 1) % 10 == 0:

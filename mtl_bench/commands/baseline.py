@@ -27,17 +27,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "that made the runs")
     listing = sub.add_parser("list", help="saved baselines, one line each")
     show = sub.add_parser("show", help="what a baseline holds, per task pair and strategy")
-    show.add_argument("name")
-    for sp in (save, listing, show):
-        sp.add_argument("--baselines-dir", default=None,
-                        help="where baselines live (default: ./results/baselines when it "
-                             "exists, else those of the mtl-bench source tree)")
+    show.add_argument("name", help="baseline name (as `baseline list` prints it)")
+    save.add_argument("--baselines-dir", default=None, metavar="DIR",
+                      help="save under DIR/NAME/ (default: ./results/baselines when it exists, "
+                           "else the mtl-bench source tree's results/baselines, else "
+                           "./results/baselines, created)")
+    for sp in (listing, show):
+        sp.add_argument("--baselines-dir", default=None, metavar="DIR",
+                        help="baselines in DIR only (default: ./results/baselines, the "
+                             "mtl-bench source tree's results/baselines and the copies "
+                             "installed with mtl-bench, the first holding a name wins)")
 
 
 def run(args: argparse.Namespace) -> int:
     from mtl_bench import baselines
 
-    root = getattr(args, "baselines_dir", None) or baselines.default_baselines_dir()
+    given = getattr(args, "baselines_dir", None)
+    root = given or baselines.default_baselines_dir()
     if args.action == "save":
         baselines.check_name(args.name)
         from mtl_bench.store import RunStore
@@ -69,19 +75,29 @@ def run(args: argparse.Namespace) -> int:
                   f"baseline; run `mtl-bench speed --runs-dir {args.runs_dir}` and save again")
         return 0
     if args.action == "list":
-        items = baselines.list_baselines(root)
-        if not items:
-            print(f"no baselines in {root}/")
-        for b in items:
-            if "error" in b:
-                print(f"{b['name']:<16} broken: {b['error']}")
-            else:
-                speed = f"{b['speed']} speed entries" if b["speed"] else "no speed"
-                print(f"{b['name']:<16} {b['runs']:>4} runs  {speed}  {b['created']}  "
-                      f"{', '.join(b['pairs'])}  {b['note']}")
+        roots = [r for r in baselines.baseline_roots(given) if r.is_dir()]
+        seen: set[str] = set()
+        for folder in roots:
+            items = baselines.list_baselines(folder)
+            if not items or len(roots) > 1:
+                print(f"{'no baselines in' if not items else 'in'} {folder}/"
+                      + (":" if items else ""))
+            for b in items:
+                hidden = " (hidden by the one above: check and show use that)" \
+                    if b["name"] in seen else ""
+                seen.add(b["name"])
+                if "error" in b:
+                    print(f"{b['name']:<16} broken: {b['error']}{hidden}")
+                else:
+                    speed = f"{b['speed']} speed entries" if b["speed"] else "no speed"
+                    print(f"{b['name']:<16} {b['runs']:>4} runs  {speed}  {b['created']}  "
+                          f"{', '.join(b['pairs'])}  {b['note']}{hidden}")
+        if not roots:
+            print("no baselines in " + ", ".join(f"{r}/" for r in baselines.baseline_roots(given)))
         return 0  # listing works even when a baseline is broken; check/show on it exit 2
     if args.action == "show":
-        return _show(baselines.load_baseline(root, args.name))
+        return _show(baselines.load_baseline(baselines.find_baseline(args.name, given),
+                                             args.name))
     raise UserError("baseline: choose an action: save, list or show")
 
 

@@ -32,13 +32,14 @@ def _fraction(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--baseline", default="default",
-                   help="baseline name under --baselines-dir (default: default; the quick "
-                        "profile's is 'quick')")
+    p.add_argument("--baseline", default="default", metavar="NAME",
+                   help="baseline name (default: default; the quick profile's is 'quick'; "
+                        "`mtl-bench baseline list` shows them)")
     p.add_argument("--runs-dir", default="runs", help="the new runs (default: runs/)")
-    p.add_argument("--baselines-dir", default=None,
-                   help="where baselines live (default: ./results/baselines when it exists, "
-                        "else the committed baselines of the mtl-bench source tree)")
+    p.add_argument("--baselines-dir", default=None, metavar="DIR",
+                   help="look for the baseline in DIR only (default: the first of "
+                        "./results/baselines, the mtl-bench source tree's results/baselines "
+                        "and the copies installed with mtl-bench that holds it)")
     p.add_argument("--factor", default=None,
                    help="relative change a row may show before it can be marked: 0.1 or 10%% "
                         "(default: the baseline's check.toml, else 10%%)")
@@ -88,7 +89,7 @@ def _speed_entries(doc: dict, args: argparse.Namespace) -> tuple[list, list]:
 def run(args: argparse.Namespace) -> int:
     from mtl_bench import baselines, check
 
-    root = args.baselines_dir or baselines.default_baselines_dir()
+    root = baselines.find_baseline(args.baseline, args.baselines_dir)
     doc = baselines.load_baseline(root, args.baseline)
     quality, speed = not args.only_speed, args.speed or args.only_speed
     base_speed, new_speed = _speed_entries(doc, args) if speed else ([], [])

@@ -12,6 +12,7 @@ from typing import Any
 from mtl_bench import registry
 from mtl_bench.commands.options import device_arg
 from mtl_bench.errors import OutputError, UserError
+from mtl_bench.profiles import PROFILES
 from mtl_bench.selection import SELECT_RULES
 
 HELP = "train task pairs under strategies and store run records"
@@ -55,6 +56,73 @@ def _setting(key: str):
     return parse
 
 
+#: task.SAMPLING_POLICIES, spelled out because importing mtl_bench.task imports torch (a test
+#: checks that the two agree).
+SAMPLING_CHOICES = ("proportional", "equal", "temperature")
+#: Run settings that take a comma-separated list; each value is a setting of its own
+#: (sweep.SETTING_GRID_FIELDS; the learning rate is a grid to select over instead).
+LIST_SETTINGS = ("architecture", "sampling", "epochs", "batch_size", "weight_decay")
+
+
+def _items(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expects a value or a comma-separated list of values, "
+                                         f"got '{text}'")
+    return items
+
+
+def _list_of(parse_item: Any, name: str):
+    """argparse type of a list-valued option: ``2,4`` -> [parse(2), parse(4)]; an invalid item
+    is named in the one-line error."""
+
+    def parse(text: str) -> list[Any]:
+        return [parse_item(item) for item in _items(text)]
+
+    parse.__name__ = name
+    return parse
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects whole numbers such as 2 or 2,4; got '{text}'"
+                                         ) from None
+
+
+def _sampling(text: str) -> str:
+    if text not in SAMPLING_CHOICES:
+        raise argparse.ArgumentTypeError(f"unknown sampling policy '{text}'; choose from: "
+                                         + ", ".join(SAMPLING_CHOICES))
+    return text
+
+
+def split_architectures(text: str) -> list[str]:
+    """``shared,separate`` -> ['shared', 'separate']. An item holding ``=`` is a parameter of
+    the architecture before it, so ``dselect-k:experts=8,k=2,shared`` is two architectures:
+    ``dselect-k:experts=8,k=2`` and ``shared``."""
+    out: list[str] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            raise UserError(f"--architecture expects NAME[:key=value,...] or a comma-separated "
+                            f"list of them, got '{text}'")
+        if "=" in item and ":" not in item and out:
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    """A run setting as the list of its values (a --config file or profile gives one)."""
+    if isinstance(value, list):
+        return value
+    if key == "architecture" and isinstance(value, str):
+        return split_architectures(value)
+    return [value]
+
+
 def _weights(text: str) -> list[float]:
     try:
         values = [float(t) for t in text.split(",")]
@@ -88,22 +156,32 @@ MAX_SEED_BATCH = 256
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", dest="tasks", type=_csv, default=None,
-                   help="task pair(s), comma-separated (default: clsreg)")
+    p.add_argument("--task", dest="tasks", type=_csv, default=None, metavar="PAIR[,PAIR...]",
+                   help="task pair(s), comma-separated (default: clsreg; names: `mtl-bench "
+                        "list`)")
     p.add_argument("--strategy", dest="strategies", type=_csv, default=None,
-                   help="strategy(ies), comma-separated (default: every registered strategy)")
-    p.add_argument("--seeds", default=None,
-                   help="number of seeds (3) or a list (0,5,7); default 1")
-    p.add_argument("--profile", default=None,
-                   help="preset of tasks/strategies/seeds/epochs: quick or default "
-                        "(explicit options override it)")
+                   metavar="NAME[,NAME...]",
+                   help="strategy(ies), comma-separated (default: every registered strategy "
+                        "that can run on the architecture; names: `mtl-bench list`)")
+    p.add_argument("--seeds", default=None, metavar="N|S,S...",
+                   help="number of seeds (3: seeds 0, 1, 2) or a list (0,5,7); default 1")
+    p.add_argument("--profile", default=None, choices=tuple(PROFILES),
+                   help="preset of tasks/strategies/seeds/epochs: "
+                        + " or ".join(PROFILES) + " (explicit options override it)")
     p.add_argument("--config", default=None, metavar="FILE.toml",
                    help="sweep settings from a TOML file (schema in docs/sweeps.md); options "
                         "on the command line override it")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the pair's)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=_list_of(_whole_number, "epochs"), default=None,
+                   metavar="E[,E...]",
+                   help="epochs (default: the pair's); several values form a grid, each a "
+                        "setting of its own")
+    p.add_argument("--batch-size", type=_list_of(_whole_number, "batch size"), default=None,
+                   metavar="B[,B...]",
+                   help="mini-batch size (default: the pair's); several values form a grid, "
+                        "each a setting of its own")
     p.add_argument("--lr", default=None, metavar="LR[,LR...]",
-                   help="model learning rate; several values form a grid")
+                   help="model learning rate (default: the pair's); several values form a grid "
+                        "of points to compare, or to select from with --tune lr")
     p.add_argument("--tune", default=None, metavar="lr[,NAME.PARAM...]",
                    help="grid fields to select on validation instead of reporting side by "
                         "side: lr (grid from --lr, else 1/3, 1 and 3 times the default) and "
@@ -115,21 +193,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "over tasks of the fraction of the gap to the ideal primary metric "
                         "closed on validation), loss (validation losses relative to epoch 0) "
                         "or last (the last epoch); docs/report.md")
-    p.add_argument("--weight-decay", type=_setting("weight_decay"), default=None,
-                   help="L2 weight decay of the model optimiser (default 0)")
-    p.add_argument("--weights", type=_weights, default=None,
+    p.add_argument("--weight-decay", type=_list_of(_setting("weight_decay"), "weight_decay"),
+                   default=None, metavar="WD[,WD...]",
+                   help="L2 weight decay of the model optimiser (default 0); several values "
+                        "form a grid, each a setting of its own")
+    p.add_argument("--weights", type=_weights, default=None, metavar="W,W[,W...]",
                    help="weights for the fixed strategy, e.g. 1,0.5 (same as --set "
                         "fixed.weights=1/0.5)")
     p.add_argument("--set", dest="assignments", action="append", default=[],
                    metavar="NAME.PARAM=V[,V...]",
                    help="strategy hyper-parameter or task-pair option; several values form a "
                         "grid; list values use '/' (fixed.weights=1/0.5)")
-    p.add_argument("--architecture", default=None,
-                   help="shared (hard sharing, default), separate, cross-stitch, mmoe, cgc, ple "
-                        "or dselect-k (docs/tasks.md#architectures)")
-    p.add_argument("--sampling", default=None,
-                   help="batch sampling for pairs with one dataset per task: proportional, "
-                        "equal or temperature")
+    from mtl_bench.architectures import architectures_help
+    p.add_argument("--architecture", default=None, metavar="NAME[:KEY=VALUE,...][,...]",
+                   help="architecture(s), each with its keys and their defaults (default: "
+                        "shared, hard sharing): " + architectures_help() + "; several form a "
+                        "grid (docs/tasks.md#architectures)")
+    p.add_argument("--sampling", type=_list_of(_sampling, "sampling"), default=None,
+                   metavar="POLICY[,POLICY...]",
+                   help="batch sampling for pairs with one dataset per task: "
+                        + ", ".join(SAMPLING_CHOICES) + " (default proportional); several "
+                        "values form a grid, each a setting of its own")
     p.add_argument("--single-task", action="store_true", default=None,
                    help="also train each task alone (baselines for Delta_m)")
     p.add_argument("--diag-every", type=_setting("diag_every"), default=None,
@@ -188,6 +272,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     registered = {*registry.tasks.names(), *registry.strategies.names()}
     out["assignments"] = {name: params for name, params in config.get("set", {}).items()
                           if name in chosen or name not in registered}
+    for key in LIST_SETTINGS:
+        out[key] = list(dict.fromkeys(_as_list(key, out[key])))
+    out["weight_decay"] = [float(v) for v in out["weight_decay"]]
     return out
 
 
@@ -236,9 +323,11 @@ def run(args: argparse.Namespace) -> int:
         check_writable,
         execute,
         expand,
+        method_text,
         parse_assignments,
         parse_seeds,
         plan,
+        setting_text,
         validate_all,
     )
     from mtl_bench.train import RunConfig
@@ -280,16 +369,21 @@ def run(args: argparse.Namespace) -> int:
     lr_factors = None
     if LR in tuned and (lrs is None or len(lrs) == 1):
         lr_factors = TUNE_LR_FACTORS  # around the one lr given, else the pair's default
-    base = RunConfig(epochs=s["epochs"], batch_size=s["batch_size"],
+    base = RunConfig(epochs=s["epochs"][0], batch_size=s["batch_size"][0],
                      lr=lrs[0] if lrs and len(lrs) == 1 else None,
-                     weight_decay=float(s["weight_decay"]), architecture=s["architecture"],
-                     sampling=s["sampling"], device=args.device, threads=args.threads,
+                     weight_decay=s["weight_decay"][0], architecture=s["architecture"][0],
+                     sampling=s["sampling"][0], device=args.device, threads=args.threads,
                      diag_every=s["diag_every"], select=s["select"],
                      cuda_graph=args.cuda_graph)
+    # options given as lists form a grid of settings (run --sampling equal,temperature)
+    setting_grid = {k: s[k] for k in LIST_SETTINGS if len(s[k]) > 1}
     spec = SweepSpec(tasks, strategies, parse_seeds(s["seeds"]), assignments, base,
                      single_task=bool(s["single_task"]),
-                     lrs=lrs if lrs and len(lrs) > 1 else None, lr_factors=lr_factors)
+                     lrs=lrs if lrs and len(lrs) > 1 else None, lr_factors=lr_factors,
+                     settings=setting_grid)
     configs = expand(spec)
+    if s["strategies"] is None:  # "every strategy": only those that can run on the setting
+        configs = _runnable(configs)
     validate_all(configs)
     with_lr = spec.lrs is not None or spec.lr_factors is not None  # an lr grid: show the lr
     store = RunStore(args.runs_dir)
@@ -298,11 +392,13 @@ def run(args: argparse.Namespace) -> int:
     counts = _plan_counts(planned)
 
     if args.dry_run:
+        width = max((len(setting_text(c, setting_grid)) for c in configs), default=0)
         for p in planned:
             c = p.config
             lr = f" lr {c.resolved().lr:<8g}" if with_lr else ""
-            what = c.strategy_label + (f" [{c.single_task}]" if c.single_task else "")
-            print(f"{c.run_id}  {c.task:<22} {what:<28}{lr} seed {c.seed:<3} {p.describe()}")
+            setting = f" {setting_text(c, setting_grid):<{width}}" if setting_grid else ""
+            print(f"{c.run_id}  {c.task:<22}{setting} {method_text(c):<28}{lr} "
+                  f"seed {c.seed:<3} {p.describe()}")
         print(f"{len(todo)} to run ({counts}); records in {store.root}/")
         return 0
     jobs = args.jobs or (default_jobs(args.device, executor) if todo else 1)
@@ -359,13 +455,55 @@ def run(args: argparse.Namespace) -> int:
     shown = [r for r in records if r["run_id"] not in kept_stale]
     if shown:
         print(terminal_table(shown, list(dict.fromkeys([*read_spec(store.root), *tuned]))))
-    n_failed = sum(r.get("status") != "ok" for r in records)
-    print(f"\n{len(records)} run records in {store.root}/: {len(records) - n_failed} ok, "
-          f"{n_failed} failed ({progress.failed} of {len(todo)} run(s) failed in this sweep)")
+    print("\n" + _end_line(store, records, len(todo), progress.failed))
     if args.report is not None:
         _report(store.root, Path(args.report), args.quiet, records, args.device, args.threads,
                 plugin_sources(getattr(args, "plugin", [])))
     return 0
+
+
+def _runnable(configs: list[Any]) -> list[Any]:
+    """Without --strategy a sweep runs every registered strategy that can run on each setting:
+    one that needs task gradients is left out where the architecture has none to give (e.g.
+    ``separate``), with a note, instead of failing the whole sweep."""
+    from mtl_bench.architectures import check_gradient_source
+    from mtl_bench.train import build_strategy
+
+    verdicts: dict[str, bool] = {}
+    left_out: dict[str, set[str]] = {}
+    keep = []
+    for c in configs:
+        key = repr((c.strategy, sorted(c.strategy_params.items()), c.architecture))
+        if key not in verdicts:
+            try:
+                check_gradient_source(c.architecture, build_strategy(c.strategy,
+                                                                     c.strategy_params))
+                verdicts[key] = True
+            except UserError:
+                verdicts[key] = False
+        if verdicts[key] or c.single_task is not None:
+            keep.append(c)
+        else:
+            left_out.setdefault(c.architecture, set()).add(c.strategy_label)
+    for architecture, labels in left_out.items():
+        print(f"note: {len(labels)} strategies need task gradients that the '{architecture}' "
+              f"architecture cannot give and are left out there: {', '.join(sorted(labels))} "
+              "(name them with --strategy to see why)", file=sys.stderr)
+    return keep
+
+
+def _end_line(store: Any, records: list[dict[str, Any]], n_todo: int, n_failed_now: int) -> str:
+    """What this sweep did, then what the whole runs folder holds (every task pair's records,
+    not only this sweep's): ``3 run(s) done here (0 failed); this sweep's 3 record(s): 3 ok, 0
+    failed; runs/ holds 12 record(s) of 2 task pair(s)``."""
+    n_failed = sum(r.get("status") != "ok" for r in records)
+    here = (f"{n_todo} run(s) done here ({n_failed_now} failed)" if n_todo else
+            "no run to do here")
+    paths = list(store.paths())  # counted, not read: a large folder stays quick
+    pairs = {path.parent.name for path in paths}
+    return (f"{here}; this sweep's {len(records)} record(s): {len(records) - n_failed} ok, "
+            f"{n_failed} failed; {store.root}/ holds {len(paths)} record(s) of {len(pairs)} "
+            "task pair(s)")
 
 
 def _check_report_folder(out: Path) -> None:

@@ -28,6 +28,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mtl_bench.architectures import architectures_help
     from mtl_bench.speed import DEFAULT_ROUNDS, DEFAULT_STEPS
 
     p.add_argument("--task", dest="tasks", type=_csv, default=["clsreg"],
@@ -39,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="NAME.PARAM=V[,V...]",
                    help="strategy hyper-parameter or task-pair option, as for `run`; several "
                         "values form a grid")
-    p.add_argument("--architecture", default="shared", help="shared (hard sharing) or separate")
+    p.add_argument("--architecture", default="shared", metavar="NAME[:KEY=VALUE,...]",
+                   help="architecture and its keys with their defaults (default: shared): "
+                        + architectures_help())
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
@@ -77,8 +80,8 @@ def print_tables(entries: list[dict]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtl_bench import speed
+    from mtl_bench.architectures import canonical_architecture
     from mtl_bench.sweep import SweepSpec, expand, parse_assignments
-    from mtl_bench.task import ARCHITECTURES
     from mtl_bench.train import RunConfig
 
     if args.rounds < 2:
@@ -88,9 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be a positive integer, got {args.steps}")
     if args.threads < 1:
         raise UserError(f"--threads must be a positive integer, got {args.threads}")
-    if args.architecture not in ARCHITECTURES:
-        raise UserError(f"unknown architecture '{args.architecture}'; choose from: "
-                        + ", ".join(ARCHITECTURES))
+    args.architecture = canonical_architecture(args.architecture)  # UserError if bad
     strategies = args.strategies or registry.strategies.names()
     for name in args.tasks:
         registry.tasks.get(name)

@@ -22,6 +22,9 @@ from mtl_bench.train import SCHEMA_VERSION, RunConfig, build_task_pair, current_
 
 #: What an executor calls once per run, in the client, with the run's record.
 Finish = Callable[[RunConfig, dict[str, Any]], None]
+#: What an executor may call, in the client, as a run progresses: (config, epoch, epochs), epoch
+#: 0 when the run starts, then after each epoch. Optional: the sweep's live view uses it.
+Report = Callable[[RunConfig, int, int], None]
 
 
 @runtime_checkable
@@ -32,9 +35,41 @@ class Executor(Protocol):
     exception; a :class:`~mtl_bench.errors.UserError` (a config the checks before the sweep
     could not catch) stops the sweep. On any exit, Ctrl-C included, the executor stops what
     it started before the exception propagates.
+
+    ``report`` (optional, :data:`Report`): called in the client when a run starts and after
+    each of its epochs, where the executor can tell; an executor may ignore it (Dask does).
     """
 
-    def run(self, configs: Sequence[RunConfig], finish: Finish) -> None: ...
+    def run(self, configs: Sequence[RunConfig], finish: Finish,
+            report: Report | None = None) -> None: ...
+
+
+def epoch_reporter(group: Sequence[RunConfig],
+                   report: Report | None) -> Callable[[str], None] | None:
+    """The ``progress`` callback of ``train_run`` (which says ``epoch E/N`` after each epoch)
+    turned into :data:`Report` calls for every run of ``group``; None without ``report``."""
+    if report is None:
+        return None
+
+    def progress(text: str) -> None:
+        parsed = parse_epoch(text)
+        if parsed is not None:
+            for c in group:
+                report(c, *parsed)
+
+    return progress
+
+
+def parse_epoch(text: str) -> tuple[int, int] | None:
+    """``epoch 3/10`` -> (3, 10); None for any other progress text."""
+    words = text.split()
+    if len(words) != 2 or words[0] != "epoch" or "/" not in words[1]:
+        return None
+    done, _, total = words[1].partition("/")
+    try:
+        return int(done), int(total)
+    except ValueError:
+        return None
 
 
 def failed_record(config: RunConfig, reason: str, wall_s: float = 0.0,

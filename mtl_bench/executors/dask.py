@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtl_bench.errors import UserError
-from mtl_bench.executors.base import Finish, ensure_plugins, failed_record
+from mtl_bench.executors.base import Finish, Report, ensure_plugins, failed_record
 from mtl_bench.train import RunConfig, train_run
 
 #: Environment of LocalCluster worker processes, set through dask's
@@ -74,14 +74,17 @@ def _one_line(exc: BaseException) -> str:
 @dataclass
 class DaskExecutor:
     """Every run as one Dask task: on the cluster at ``scheduler``, or on a LocalCluster of
-    ``jobs`` one-thread worker processes started and closed around the sweep."""
+    ``jobs`` one-thread worker processes started and closed around the sweep. Progress is
+    reported per finished run only: ``report`` is accepted and not called (epochs would need
+    a channel from every worker back to the client)."""
 
     scheduler: str | None = None
     jobs: int = 1
     max_seconds: float | None = None
     plugins: Sequence[tuple[str, str]] = ()
 
-    def run(self, configs: Sequence[RunConfig], finish: Finish) -> None:
+    def run(self, configs: Sequence[RunConfig], finish: Finish,
+            report: Report | None = None) -> None:
         run_on_dask(configs, finish, self.scheduler, self.max_seconds, self.jobs, self.plugins)
 
 

@@ -96,23 +96,25 @@ def bind(device: str) -> None:
 
 
 def run_placed(group: Sequence[RunConfig], assigned: str | None, max_seconds: float | None,
-               resolve_device: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
+               resolve_device: Callable[[str], str] | None = None,
+               progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train one job on its placed device: a single run, or a group of seeds of one config
     trained as one batch (:func:`mtl_bench.batched.train_seed_batch`, ``--seed-batch``). The
     records keep the configs' identity and come back in the group's order.
 
     ``resolve_device`` maps the placed device to the one torch is given (default: itself);
     tests map every ``cuda:i`` to ``cpu`` to run the pool's placement on a machine without GPUs.
+    ``progress`` gets the run's (or batch's) ``epoch E/N`` after each epoch.
     """
     target = placed_device(group[0].device, assigned)
     actual = resolve_device(target) if resolve_device is not None else target
     placed = [c if actual == c.device else replace(c, device=actual) for c in group]
     if len(placed) == 1:
-        records = [train_run(placed[0], max_seconds=max_seconds)]
+        records = [train_run(placed[0], progress, max_seconds=max_seconds)]
     else:
         from mtl_bench.batched import train_seed_batch  # torch.func: only when batching
 
-        records = train_seed_batch(placed, max_seconds=max_seconds)
+        records = train_seed_batch(placed, progress, max_seconds=max_seconds)
     for config, record in zip(group, records):
         if actual == config.device:
             continue

@@ -25,7 +25,15 @@ from typing import Any
 from mtl_bench import registry
 from mtl_bench.errors import UserError
 from mtl_bench.executors import gpu
-from mtl_bench.executors.base import Finish, death_reason, ensure_plugins, failed_record
+from mtl_bench.executors.base import (
+    Finish,
+    Report,
+    death_reason,
+    ensure_plugins,
+    epoch_reporter,
+    failed_record,
+    parse_epoch,
+)
 from mtl_bench.train import RunConfig
 
 #: Modules the fork server imports once, so that each worker starts in a fraction of a second
@@ -50,9 +58,15 @@ class InProcess:
     max_seconds: float | None = None
     seed_batch: int = 1
 
-    def run(self, configs: Sequence[RunConfig], finish: Finish) -> None:
+    def run(self, configs: Sequence[RunConfig], finish: Finish,
+            report: Report | None = None) -> None:
         for group in jobs_of(configs, self.seed_batch):
-            for c, record in zip(group, gpu.run_placed(group, None, self.max_seconds)):
+            if report is not None:
+                for c in group:
+                    report(c, 0, c.epochs)
+            records = gpu.run_placed(group, None, self.max_seconds,
+                                     progress=epoch_reporter(group, report))
+            for c, record in zip(group, records):
                 finish(c, record)
 
 
@@ -70,10 +84,11 @@ class LocalPool:
     resolve_device: Callable[[str], str] | None = None
     seed_batch: int = 1
 
-    def run(self, configs: Sequence[RunConfig], finish: Finish) -> None:
+    def run(self, configs: Sequence[RunConfig], finish: Finish,
+            report: Report | None = None) -> None:
         run_local(configs, finish, self.jobs, self.max_seconds, self.plugins,
                   devices=self.devices, resolve_device=self.resolve_device,
-                  seed_batch=self.seed_batch)
+                  seed_batch=self.seed_batch, report=report)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -95,8 +110,9 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _worker_main(conn: Any, parent_pid: int, plugins: list[tuple[str, str]],
                  device: str | None = None,
                  resolve_device: Callable[[str], str] | None = None) -> None:
-    """Loop of one worker process: receive a job (one config, or a seed group), send back
-    ("records", [record, ...]) in the job's order."""
+    """Loop of one worker process: receive a job (one config, or a seed group), send
+    ("started", None), ("epoch", "epoch E/N") after each epoch, and ("records", [record, ...])
+    in the job's order. An epoch message is a few dozen bytes on the pipe the job came on."""
     # Ctrl-C in a terminal reaches the whole process group; the parent alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
@@ -117,8 +133,13 @@ def _worker_main(conn: Any, parent_pid: int, plugins: list[tuple[str, str]],
             return
         group, max_seconds = msg
         conn.send(("started", None))  # the run's clock starts now, not at process start-up
+
+        def progress(text: str) -> None:
+            conn.send(("epoch", text))
+
         try:
-            conn.send(("records", gpu.run_placed(group, device, max_seconds, resolve_device)))
+            conn.send(("records", gpu.run_placed(group, device, max_seconds, resolve_device,
+                                                 progress)))
         except UserError as exc:
             conn.send(("user_error", str(exc)))
         except Exception as exc:  # train_run records its own failures; this is a last resort
@@ -168,8 +189,10 @@ def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
               max_seconds: float | None = None,
               plugins: Sequence[tuple[str, str]] = (), *,
               devices: Sequence[str] | None = None,
-              resolve_device: Callable[[str], str] | None = None, seed_batch: int = 1) -> None:
-    """Run ``configs`` in ``jobs`` worker processes; ``finish`` gets each record in the parent.
+              resolve_device: Callable[[str], str] | None = None, seed_batch: int = 1,
+              report: Report | None = None) -> None:
+    """Run ``configs`` in ``jobs`` worker processes; ``finish`` gets each record in the parent,
+    ``report`` (optional) each run's start and epochs as its worker announces them.
 
     Worker i is bound to ``devices[i]`` when given. With ``seed_batch`` K > 1 a worker trains
     a group of up to K seeds of one config at once (:func:`jobs_of`). A worker that dies
@@ -221,6 +244,15 @@ def run_local(configs: Sequence[RunConfig], finish: Finish, jobs: int,
                         kind, payload = None, None
                     if kind == "started":
                         w.started, w.running = time.monotonic(), True
+                        if report is not None:
+                            for c in group:
+                                report(c, 0, c.epochs)
+                        continue
+                    if kind == "epoch":
+                        parsed = parse_epoch(payload)
+                        if report is not None and parsed is not None:
+                            for c in group:
+                                report(c, *parsed)
                         continue
                     if kind is None:  # the process is gone without an answer
                         w.process.join(timeout=5)
