@@ -36,6 +36,8 @@ HEARTBEAT_S = 60.0
 MAX_RUN_LINES = 12
 #: Live view: most redraws per second caused by epoch reports (a timer redraws 4 times a second).
 MAX_REDRAWS_PER_S = 20.0
+#: Longest queue the ETA places run by run on the workers; a longer one is spread evenly.
+MAX_PLACED = 2000
 
 
 def short_label(c: RunConfig) -> str:
@@ -158,17 +160,23 @@ class EtaEstimator:
         # more runs in progress than workers (a seed group trains as one): the last ones count
         slots = free[-self.parallel:] if len(free) > self.parallel else free
         slots = slots + [0.0] * (self.parallel - len(slots))
+        needs: dict[Key | None, float | None] = {}
+        for key in set(pending):
+            needs[key] = self.expected(key)
+            if needs[key] is None:
+                needs[key] = self._projected(active)
+                if needs[key] is None:
+                    return None
+        if len(pending) > MAX_PLACED:
+            # a long queue: the work spread evenly over the workers (off by one run at most)
+            work = sum(slots) + sum(needs[key] or 0.0 for key in pending)
+            return max(max(slots), work / self.parallel)
         heapq.heapify(slots)
         end = max(slots)
         for key in pending:
-            need = self.expected(key)
-            if need is None:
-                need = self._projected(active)
-                if need is None:
-                    return None
             start = heapq.heappop(slots)
-            heapq.heappush(slots, start + need)
-            end = max(end, start + need)
+            heapq.heappush(slots, start + (needs[key] or 0.0))
+            end = max(end, start + (needs[key] or 0.0))
         return end
 
     @staticmethod
@@ -232,7 +240,7 @@ class Progress:
         self.start = time.perf_counter()
         self.estimator = EtaEstimator()
         self.active: dict[str, Active] = {}
-        self.pending: list[RunConfig] | None = None
+        self.pending: dict[str, RunConfig] | None = None  # by run id, in queue order
         self.live = (not quiet) and (_live_capable(self.stream) if live is None else live)
         self._lock = threading.RLock()
         self._view: Any = None
@@ -245,7 +253,7 @@ class Progress:
         """The runs in the order the executor takes them and how many train at once; starts
         the live view in a terminal."""
         with self._lock:
-            self.pending = list(configs)
+            self.pending = {c.run_id: c for c in configs}
             self.estimator.parallel = max(int(parallel), 1)
         if self.live and self._view is None and self.total > 0:
             self._start_view()
@@ -312,18 +320,14 @@ class Progress:
                               None if r.first_epoch_at is None else now - r.first_epoch_at)
                       for r in self.active.values()]
             if self.pending is not None:
-                pending: list[Key | None] = [run_key(c) for c in self.pending]
+                pending: list[Key | None] = [run_key(c) for c in self.pending.values()]
             else:  # the queue is not known: runs left of unknown kind
                 pending = [None] * max(self.total - self.done - len(active), 0)
         return self.estimator.eta(pending, active)
 
     def _drop_pending(self, config: RunConfig) -> None:
-        if self.pending is None:
-            return
-        for i, c in enumerate(self.pending):
-            if c.run_id == config.run_id:
-                del self.pending[i]
-                return
+        if self.pending is not None:
+            self.pending.pop(config.run_id, None)
 
     # -- output ---------------------------------------------------------------------------------
     def _print(self, line: str, failed: bool = False) -> None:

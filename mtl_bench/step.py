@@ -3,8 +3,9 @@
 The step owns forward, backward, the optimiser step and the phase marks of all strategy
 families; it never looks at a strategy's name, only at the protocol attributes (``grad_source``,
 ``graph_safe``, ``needs_meta_batch``) and at what ``combine`` returns. For a bilevel strategy
-it also runs the meta update (:func:`meta_step`) on the meta batch the run loop hands it. It never reads the device back: the marks and
-the returned tensors are read at the run loop's read points (:mod:`mtl_bench.clock`).
+it also runs the meta update (:func:`meta_step`) on the meta batch the run loop hands it. It
+never reads the device back: the marks and the returned tensors are read at the run loop's
+read points (:mod:`mtl_bench.clock`).
 """
 
 from __future__ import annotations

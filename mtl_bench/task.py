@@ -888,12 +888,6 @@ def frame_task_pair(name: str, frame_fn: Callable[[], Any] | None = None,
                      load_frame=lambda self: frame_fn(),
                      description=description
                      or f"{', '.join(cls_cols + reg_cols)} from a data frame")
-    targets = ([col for _, col, _ in attrs["task_columns"]] if tasks is not None
-               else list(kinds))
-    leaked = [c for c in attrs["input_columns"] if c in targets]
-    if leaked:
-        raise UserError(f"task pair '{name}': column(s) {', '.join(map(repr, leaked))} are both "
-                        "an input and a target")
     chosen, primaries = check_frame_metrics(name, kinds, metrics, primary)
     attrs.update(task_metrics=chosen, primary_metrics=primaries,
                  __doc__=description or f"Tasks read from data frames ({name}).",

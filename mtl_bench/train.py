@@ -3,7 +3,9 @@
 The loop hands each batch to the training step (:mod:`mtl_bench.step`: forward, backward, the
 optimiser step and the phase marks for all strategy families) and reads the device back only at
 its read points (:mod:`mtl_bench.clock`): the phase times, the divergence check and the gradient
-diagnostics of the steps since the last one. It never looks at a strategy's or task pair's name.
+diagnostics of the steps since the last one. For a bilevel strategy (``needs_meta_batch``) it
+also draws a meta batch per step from the training split (:func:`meta_batches`). It never looks
+at a strategy's or task pair's name.
 """
 
 from __future__ import annotations

@@ -204,7 +204,9 @@ def test_the_run_loop_draws_one_meta_batch_per_step_from_the_training_split(monk
             (meta_in, meta_tg), train_in = kw["meta"], args[3]
             for i, x in enumerate(meta_in):  # rows of this task's training inputs only
                 rows = data.train.inputs[i]
-                assert all(bool((rows == r).all(dim=1).any()) for r in x), task
+                found = [int((rows == r).all(dim=1).nonzero()[0]) for r in x]  # raises if not
+                for k in ([0, 1] if len(meta_in) == 1 else [i]):  # with their own targets
+                    assert torch.equal(meta_tg[k], data.train.targets[k][found]), task
                 held_out = torch.cat([data.val.inputs[i], data.test.inputs[i]])
                 assert not any(bool((held_out == r).all(dim=1).any()) for r in x), task
             assert any(not torch.equal(a, b) for a, b in zip(meta_in, train_in)), task

@@ -44,6 +44,9 @@ def test_eta_places_runs_left_on_the_workers_by_strategy_mean():
     # three runs, two workers, queue b b a: 6 | 6 then a on the first free (at 6) -> 8
     eta.parallel = 2
     assert eta.eta([B, B, A]) == pytest.approx(8.0)
+    # a queue too long to place run by run is spread evenly: (3000 x 2 + 3000 x 6) / 4
+    eta.parallel = 4
+    assert eta.eta([A, B] * 3000) == pytest.approx(6000.0)
 
 
 def test_eta_is_not_the_first_run_over_the_elapsed_time():

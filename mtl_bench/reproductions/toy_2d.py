@@ -41,13 +41,20 @@ from mtl_bench.reproductions.common import (
     verdict_all_seeds,
 )
 from mtl_bench.store import EPOCH, METRIC, SPLIT, TASK, VALUE, curves_frame
+from mtl_bench.strategy import label
 from mtl_bench.sweep import SweepSpec, expand
 from mtl_bench.tasks.toy_2d import STARTS, front_curve, losses_numpy
 from mtl_bench.train import RunConfig
 
-STRATEGIES = ("fixed", "mgda", "pcgrad", "cagrad", "nash_mtl", "famo")
-NAMES = {"fixed": "equal weights", "mgda": "MGDA", "pcgrad": "PCGrad", "cagrad": "CAGrad",
-         "nash_mtl": "Nash-MTL", "famo": "FAMO"}
+#: FAMO without logit decay (gamma = 0), as in FAMO's own toy runs.
+FAMO_PARAMS: dict[str, Any] = {"gamma": 0.0}
+STRATEGY_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("fixed", {}), ("mgda", {}), ("pcgrad", {}), ("cagrad", {}), ("nash_mtl", {}),
+    ("famo", FAMO_PARAMS))
+STRATEGIES = tuple(label(n, p) for n, p in STRATEGY_GRID)
+FIXED, MGDA, PCGRAD, CAGRAD, NASH_MTL, FAMO = STRATEGIES
+NAMES = {FIXED: "equal weights", MGDA: "MGDA", PCGRAD: "PCGrad", CAGRAD: "CAGrad",
+         NASH_MTL: "Nash-MTL", FAMO: "FAMO"}
 #: Indices into ``STARTS`` of the five starts in Nash-MTL's and FAMO's figures.
 PUBLISHED = (0, 1, 2, 3, 4)
 #: A run "reaches the front" when its final distance to the front is below this.
@@ -145,7 +152,7 @@ def equal_weights_finding(ends: Sequence[ToyEnd]) -> Finding:
     """Reproduced when at least one finished equal-weights run from the five published starts
     ends off the front (distance >= REACH_TOL); not reproduced when all reach it (or none
     finished)."""
-    runs = _runs(ends, "fixed", PUBLISHED)
+    runs = _runs(ends, FIXED, PUBLISHED)
     done = [e for e in runs if e.ok]
     off = [e for e in done if not e.reaches]
     verdict = REPRODUCED if off else NOT_REPRODUCED
@@ -182,7 +189,7 @@ def per_run_finding(ends: Sequence[ToyEnd], strategies: Sequence[str], prop: str
 
 def extremes_finding(ends: Sequence[ToyEnd]) -> Finding:
     return per_run_finding(
-        ends, ("mgda", "pcgrad"), "extreme",
+        ends, (MGDA, PCGRAD), "extreme",
         "MGDA and PCGrad stop near an end of the front",
         "MGDA and PCGrad reach the front but stop near one of its ends, far from a balanced "
         "trade-off (Nash-MTL's and FAMO's toy figures).",
@@ -193,7 +200,7 @@ def extremes_finding(ends: Sequence[ToyEnd]) -> Finding:
 
 def balanced_finding(ends: Sequence[ToyEnd]) -> Finding:
     return per_run_finding(
-        ends, ("nash_mtl", "famo"), "balanced",
+        ends, (NASH_MTL, FAMO), "balanced",
         "Nash-MTL and FAMO reach balanced points",
         "Nash-MTL and FAMO reach the front from every start at balanced trade-offs, away from "
         "its ends (Nash-MTL's toy figure; FAMO, Figure 1).",
@@ -203,7 +210,7 @@ def balanced_finding(ends: Sequence[ToyEnd]) -> Finding:
 
 
 def cagrad_finding(ends: Sequence[ToyEnd]) -> Finding:
-    runs = sorted((e for e in ends if e.strategy == "cagrad"), key=lambda e: e.start)
+    runs = sorted((e for e in ends if e.strategy == CAGRAD), key=lambda e: e.start)
     k = sum(e.reaches for e in runs)
     return Finding(
         "CAGrad for context", "",
@@ -227,11 +234,13 @@ class Toy2D(Reproduction):
     seed_batch = len(STARTS)
 
     def configs(self, seeds: Sequence[int], epochs: int) -> list[RunConfig]:
-        return expand(SweepSpec(["toy-2d"], list(STRATEGIES), list(seeds), {},
+        return expand(SweepSpec(["toy-2d"], [n for n, _ in STRATEGY_GRID], list(seeds),
+                                {"famo": {k: [v] for k, v in FAMO_PARAMS.items()}},
                                 RunConfig(epochs=epochs)))
 
     def command(self, seeds: Sequence[int], epochs: int, runs_dir: Path, jobs: int) -> str:
-        return (f"python -m mtl_bench run --task toy-2d --strategy {','.join(STRATEGIES)} "
+        return (f"python -m mtl_bench run --task toy-2d "
+                f"--strategy {','.join(n for n, _ in STRATEGY_GRID)} --set famo.gamma=0 "
                 f"--seeds {seeds_text(seeds)} --epochs {epochs} --seed-batch {self.seed_batch} "
                 f"--jobs {jobs} --runs-dir {runs_dir}")
 

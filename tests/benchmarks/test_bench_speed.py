@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mtl_bench import registry
-from mtl_bench.bench import REFERENCE_BATCH, reference_setup
+from mtl_bench.bench import REFERENCE_BATCH, reference_meta_batch, reference_setup
 from mtl_bench.task import iterate_batches
 from mtl_bench.train import build_strategy, build_task_pair, evaluate, make_optimizer, train_step
 
@@ -29,13 +29,16 @@ TRAIN_BUDGET_S = 20.0
 def test_train_step(benchmark, strategy, n_tasks):
     """One training step (forward, strategy, backward, optimiser) on the reference net."""
     model, tasks, strat, inputs, targets, opt = reference_setup(strategy, n_tasks=n_tasks)
+    # bilevel strategies need the harness's second batch (the meta batch)
+    extra = {"meta": reference_meta_batch(tasks)} if strat.needs_meta_batch else {}
     for _ in range(3):  # lazy initialisation and allocator warm-up stay out of the timing
-        train_step(model, tasks, strat, inputs, targets, opt)
+        train_step(model, tasks, strat, inputs, targets, opt, **extra)
     benchmark.group = f"train_step, {n_tasks} tasks"
     benchmark.extra_info.update(strategy=str(strat), family=type(strat).family,
                                 grad_source=strat.grad_source, n_tasks=n_tasks,
                                 batch=REFERENCE_BATCH, threads=torch.get_num_threads())
-    losses, weights, _, _ = benchmark(train_step, model, tasks, strat, inputs, targets, opt)
+    losses, weights, _, _ = benchmark(train_step, model, tasks, strat, inputs, targets, opt,
+                                      **extra)
     benchmark.extra_info["last_losses"] = [round(v, 6) for v in losses.tolist()]
     assert torch.isfinite(losses).all() and torch.isfinite(weights).all()
 
