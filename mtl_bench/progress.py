@@ -240,7 +240,8 @@ class Progress:
         self.start = time.perf_counter()
         self.estimator = EtaEstimator()
         self.active: dict[str, Active] = {}
-        self.pending: dict[str, RunConfig] | None = None  # by run id, in queue order
+        #: the runs not started: run id -> ETA key, in queue order (None: queue not known)
+        self.pending: dict[str, Key] | None = None
         self.live = (not quiet) and (_live_capable(self.stream) if live is None else live)
         self._lock = threading.RLock()
         self._view: Any = None
@@ -253,7 +254,7 @@ class Progress:
         """The runs in the order the executor takes them and how many train at once; starts
         the live view in a terminal."""
         with self._lock:
-            self.pending = {c.run_id: c for c in configs}
+            self.pending = {c.run_id: run_key(c) for c in configs}
             self.estimator.parallel = max(int(parallel), 1)
         if self.live and self._view is None and self.total > 0:
             self._start_view()
@@ -320,7 +321,7 @@ class Progress:
                               None if r.first_epoch_at is None else now - r.first_epoch_at)
                       for r in self.active.values()]
             if self.pending is not None:
-                pending: list[Key | None] = [run_key(c) for c in self.pending.values()]
+                pending: list[Key | None] = list(self.pending.values())
             else:  # the queue is not known: runs left of unknown kind
                 pending = [None] * max(self.total - self.done - len(active), 0)
         return self.estimator.eta(pending, active)

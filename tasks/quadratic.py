@@ -81,8 +81,9 @@ def pareto_distance(x: Any, a: np.ndarray, u: np.ndarray) -> tuple[float, np.nda
     scalar minimisation (xatol 1e-12) between the best grid point's neighbours: accurate to
     ~1e-10 unless two far-apart t give distances within the grid's resolution, which does not
     happen for a curve without self-approach. More tasks: the best of a grid of the simplex
-    (vertices, edge midpoints, random points) refined by SLSQP on the simplex from the five
-    best, to ~1e-8 in distance. ``w`` sums to 1 with w_i >= 0.
+    (vertices, edge midpoints, the centre, 1000 random points) refined by SLSQP on the
+    simplex (analytic gradient) from the three best, to ~1e-8 in distance (checked against a
+    200,000-point search in the tests). ``w`` sums to 1 with w_i >= 0.
     """
     x = np.asarray(x, dtype=float)
     n_tasks = len(a)
@@ -105,14 +106,23 @@ def pareto_distance(x: Any, a: np.ndarray, u: np.ndarray) -> tuple[float, np.nda
     eye = np.eye(n_tasks)
     edges = [(eye[i] + eye[j]) / 2 for i in range(n_tasks) for j in range(i + 1, n_tasks)]
     cands = np.concatenate([eye, np.array(edges), np.full((1, n_tasks), 1 / n_tasks),
-                            rng.dirichlet(np.ones(n_tasks), 2000)])
+                            rng.dirichlet(np.ones(n_tasks), 1000)])
     d = dist(cands)
     best_w, best_d = cands[d.argmin()], float(d.min())
-    cons = ({"type": "eq", "fun": lambda w: w.sum() - 1.0},)
-    for w0 in cands[np.argsort(d)[:5]]:
-        res = minimize(lambda w: float(dist(w)), w0, method="SLSQP",
+
+    def half_square(w: np.ndarray) -> tuple[float, np.ndarray]:
+        # 0.5 ||x*(w) - x||^2 and its gradient: d x*/d w_i = M^-1 A_i (u_i - x*), M = sum w A
+        m = np.einsum("t,tij->ij", w, a)
+        xs = np.linalg.solve(m, np.einsum("t,tij,tj->i", w, a, u))
+        r = xs - x
+        back = np.linalg.solve(m.T, r)
+        return 0.5 * float(r @ r), np.einsum("i,tij,tj->t", back, a, u - xs)
+
+    cons = ({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)},)
+    for w0 in cands[np.argsort(d)[:3]]:
+        res = minimize(half_square, w0, jac=True, method="SLSQP",
                        bounds=[(0.0, 1.0)] * n_tasks, constraints=cons,
-                       options={"ftol": 1e-14, "maxiter": 500})
+                       options={"ftol": 1e-16, "maxiter": 200})
         w = np.clip(res.x, 0.0, None)
         w = w / w.sum()
         dw = float(dist(w))
@@ -132,6 +142,14 @@ class QuadraticHead(nn.Module):
         self.a_all, self.u_all = a, u  # float64 copies for the read-outs
         self.register_buffer("a", torch.tensor(a[index], dtype=torch.float32))
         self.register_buffer("u", torch.tensor(u[index], dtype=torch.float32))
+        self._last: tuple[bytes, tuple[float, np.ndarray]] | None = None
+
+    def _nearest(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        # every row, and both evaluation splits, hold the same point: solve once per point
+        key = x.tobytes()
+        if self._last is None or self._last[0] != key:
+            self._last = key, pareto_distance(x, self.a_all, self.u_all)
+        return self._last[1]
 
     def forward(self, rep: Tensor) -> Tensor:
         diff = rep - self.u
@@ -144,11 +162,7 @@ class QuadraticHead(nn.Module):
                 "pareto_distance": nan.copy(), "pareto_weight": nan.copy(),
                 "x1": x[:, 0], "x2": x[:, 1] if x.shape[1] > 1 else nan}
         for r in range(len(x)):
-            if r and np.array_equal(x[r], x[r - 1]):  # every row holds the same point
-                cols["pareto_distance"][r] = cols["pareto_distance"][r - 1]
-                cols["pareto_weight"][r] = cols["pareto_weight"][r - 1]
-                continue
-            d, w = pareto_distance(x[r], self.a_all, self.u_all)
+            d, w = self._nearest(x[r])
             cols["pareto_distance"][r], cols["pareto_weight"][r] = d, w[self.index]
         out = np.stack([cols.get(c, nan) for c in READOUT_COLUMNS], axis=1)
         return torch.as_tensor(out, dtype=rep.dtype, device=rep.device)

@@ -20,6 +20,7 @@ from mtl_bench.reproduce import (
     verdict_gap,
     write_section,
 )
+from mtl_bench.strategy import label
 from mtl_bench.task import mse_loss
 from mtl_bench.tasks.gradnorm_toy import GradNormToy, teacher, toy_arrays
 from mtl_bench.tasks.multi_digits import (
@@ -472,3 +473,131 @@ def test_toy2d_section_is_computed_from_records(tmp_path):
     assert "**3. Nash-MTL and FAMO reach balanced points** — *reproduced*" in text
     assert "**4. CAGrad for context** — *no published claim*" in text
     assert (tmp_path / "docs" / "figures" / "toy-2d_trajectories.png").stat().st_size > 1000
+
+
+# -- quadratic: verdict rules on constructed records -------------------------------------------
+def quad_record(strategy, condition, seed, distance, weight, start=(4.0, 2.0), end=(0.2, 0.1),
+                params=None, status="ok"):
+    """A quadratic record reduced to what the analysis reads: f_i at epochs 0 and 1, the final
+    distance to the Pareto set and the nearest point's w_1."""
+    rows = []
+    for epoch, f in enumerate((start, end)):
+        for i, task in enumerate(("task1", "task2")):
+            w = weight if i == 0 else 1.0 - weight
+            for metric, value in (("objective", f[i]), ("pareto_distance", distance),
+                                  ("pareto_weight", w)):
+                rows.append([epoch, "test", task, metric, value])
+    return {"run_id": f"{strategy}-{condition}-{seed}", "task_pair": "quadratic",
+            "strategy": label(strategy, params or {}), "seed": seed, "status": status,
+            "reason": "" if status == "ok" else "boom",
+            "config": {"strategy": strategy, "strategy_params": params or {},
+                       "task_options": {"condition": condition}, "lr": 0.01, "batch_size": 1,
+                       "epochs": 1},
+            "data": {"n_train": 100}, "tasks": [{"name": "task1"}, {"name": "task2"}],
+            "wall_s": 1.0, "provenance": {"device": "cpu", "threads": 1, "torch": "x"},
+            "curves": {"columns": ["epoch", "split", "task", "metric", "value"],
+                       "rows": rows if status == "ok" else []}}
+
+
+def quad_tol(condition):
+    from mtl_bench.tasks.quadratic import problem
+
+    _, u = problem({"condition": condition})
+    return 0.01 * float(np.linalg.norm(u[0] - u[1]))
+
+
+def test_quadratic_record_reading_and_derived_quantities():
+    from mtl_bench.reproductions.quadratic import quad_end
+
+    e = quad_end(quad_record("mgda", 100.0, 2, 1e-3, 0.5, start=(4.0, 2.0), end=(0.2, 0.4)))
+    assert (e.strategy, e.condition, e.seed, e.ok) == ("mgda", 100.0, 2, True)
+    assert e.ratios == pytest.approx((0.05, 0.2)) and e.spread == pytest.approx(4.0)
+    assert e.tol == pytest.approx(quad_tol(100.0))
+    # w = (1/2, 1/2) on losses whose second is scaled by 100: on the unscaled problem the
+    # same point has weights proportional to (0.5, 50), so w'_1 = 0.5 / 50.5
+    assert e.unscaled_weight == pytest.approx(0.5 / 50.5)
+    assert math.isnan(e.fixed_gap)
+    failed = quad_end(quad_record("famo", 1.0, 0, 0, 0.5, status="failed"))
+    assert not failed.ok and not failed.on_set and not failed.balanced
+
+
+def test_quadratic_fixed_weights_bound_against_a_hand_solved_minimiser():
+    from mtl_bench.reproductions.quadratic import SKEWED, fixed_finding, quad_end
+    from mtl_bench.tasks.quadratic import problem
+
+    a, u = problem({"condition": 1.0})
+
+    def x_star(w):  # the weighted minimiser, solved here from the normal equations
+        return np.linalg.solve(w[0] * a[0] + w[1] * a[1], w[0] * a[0] @ u[0] + w[1] * a[1] @ u[1])
+
+    tol = quad_tol(1.0)
+    exact = quad_end(quad_record("fixed", 1.0, 0, 0.0, 0.75, params={"weights": SKEWED}))
+    assert exact.fixed_gap == pytest.approx(0.0, abs=1e-12)  # 1.5 : 0.5 = 0.75 : 0.25
+    off = quad_end(quad_record("fixed", 1.0, 1, 0.002, 0.6))
+    gap = 0.002 + np.linalg.norm(x_star([0.6, 0.4]) - x_star([0.5, 0.5]))
+    assert off.fixed_gap == pytest.approx(gap, rel=1e-9) and gap > tol
+    f = fixed_finding([exact, off])
+    assert f.verdict == PARTLY  # fixed's one run is off (not reproduced), the skewed one is on
+    assert "fixed 0 of 1" in f.evidence and "fixed(weights=1.5/0.5) 1 of 1" in f.evidence
+
+
+def test_quadratic_pareto_rule_at_the_tolerance():
+    from mtl_bench.reproductions.quadratic import pareto_finding, quad_end
+
+    tol = quad_tol(1.0)
+    at = quad_end(quad_record("mgda", 1.0, 0, tol, 0.5))
+    below = quad_end(quad_record("mgda", 1.0, 1, tol * 0.999, 0.5))
+    assert not at.on_set and below.on_set  # strictly below the tolerance
+    assert pareto_finding([below]).verdict == REPRODUCED
+    assert pareto_finding([below, at]).verdict == PARTLY
+    assert pareto_finding([at]).verdict == NOT_REPRODUCED
+    failed = quad_end(quad_record("pcgrad", 1.0, 0, 0.0, 0.5, status="failed"))
+    f = pareto_finding([below, failed])
+    assert f.verdict == PARTLY and "pcgrad 0 of 1" in f.evidence and "mgda 1 of 1" in f.evidence
+
+
+def test_quadratic_balance_rule_and_classes():
+    from mtl_bench.reproductions.quadratic import balance_class, balance_finding, quad_end
+
+    def run(s, c, seed, r1, r2):
+        return quad_end(quad_record(s, c, seed, 0.0, 0.5, start=(1.0, 1.0), end=(r1, r2)))
+
+    # a spread of exactly 10 is balanced; just above is not
+    assert run("famo", 1.0, 0, 0.01, 0.1).balanced
+    assert not run("famo", 1.0, 0, 0.01, 0.10001).balanced
+    stays = [run("imtl_g", c, s, 0.02, 0.04) for c in (1.0, 100.0, 10000.0) for s in (0, 1)]
+    loses = [run("fixed", c, s, 0.02, 0.04 if c < 10000 else 1e-6)
+             for c in (1.0, 100.0, 10000.0) for s in (0, 1)]
+    # one seed unbalanced at 100 is enough to lose balance there
+    early = [run("mgda", c, s, 0.02, 0.04 if (c, s) != (100.0, 1) else 0.9)
+             for c in (1.0, 100.0, 10000.0) for s in (0, 1)]
+    never = [run("pcgrad", c, 0, 0.001, 0.9) for c in (1.0, 100.0)]
+    assert balance_class(stays) == "stays balanced"
+    assert balance_class(loses) == "loses balance at condition 10000"
+    assert balance_class(early) == "loses balance at condition 100"
+    assert balance_class(never) == "never balanced"
+    nash = [run("nash_mtl", c, s, 0.03, 0.03) for c in (1.0, 10000.0) for s in (0, 1)]
+    famo = [run("famo", c, s, 0.03, 0.03) for c in (1.0, 10000.0) for s in (0, 1)]
+    f = balance_finding(stays + nash + famo + loses)
+    assert f.verdict == REPRODUCED and "fixed: loses balance at condition 10000" in f.evidence
+    famo[-1] = run("famo", 10000.0, 1, 0.3, 0.003)
+    assert balance_finding(stays + nash + famo).verdict == PARTLY
+    # a claimed strategy without runs cannot back the claim
+    assert balance_finding(stays + nash).verdict == PARTLY
+
+
+def test_quadratic_section_is_computed_from_records(tmp_path):
+    from mtl_bench.reproductions.quadratic import STRATEGY_GRID, QuadraticRepro
+
+    records = [quad_record(n, c, s, 1e-4, 0.5, params=p, end=(0.1, 0.2))
+               for n, p in STRATEGY_GRID for c in (1.0, 100.0, 10000.0) for s in (0, 1)]
+    ctx = Context([0, 1], 1, 2, tmp_path / "runs", tmp_path / "docs" / "r.md", {})
+    text = QuadraticRepro().section(records, ctx)
+    assert "48 runs" in text and "Every run finished" in text
+    # w' = 0.5 / (0.5 + 10000 * 0.5) = 1/10001; r = (0.1 / 4, 0.2 / 2); spread 4
+    assert "| mgda | 10000 | 2/2 | 0.0001 | 2/2 | 0.5 | 0.0001 | 0.025 | 0.1 | 4 | 2/2 |" in text
+    assert "**1. Every strategy ends on the Pareto set** — *reproduced*" in text
+    assert "**2. IMTL-G, Nash-MTL and FAMO stay balanced" in text
+    # fixed's w_near = 0.5 is its own weight, the skewed one's is not: partly
+    assert "**3. Fixed weights converge to x*(w)** — *partly reproduced*" in text
+    assert "--set fixed.weights=1.5/0.5" in text

@@ -16,11 +16,12 @@ from mtl_bench.reproductions import common
 from mtl_bench.reproductions.common import DOCS_FILE, RUNS_ROOT, Reproduction
 from mtl_bench.reproductions.gradnorm_toy import GradNormToy
 from mtl_bench.reproductions.multi_digits import MultiDigits
+from mtl_bench.reproductions.quadratic import QuadraticRepro
 from mtl_bench.reproductions.toy_2d import Toy2D
 
 #: Every reproduction by name, in the order of the page.
 REPRODUCTIONS: dict[str, Reproduction] = {
-    r.name: r for r in (GradNormToy(), MultiDigits(), Toy2D())}
+    r.name: r for r in (GradNormToy(), MultiDigits(), Toy2D(), QuadraticRepro())}
 
 
 def run_reproduction(name: str, seeds: Sequence[int] | None = None, epochs: int | None = None,
