@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 import textwrap
@@ -78,7 +79,7 @@ def plain_text(doc: str | None, width: int = HELP_WIDTH) -> str | None:
             para.clear()
 
     literal = False
-    for line in textwrap.dedent(doc.strip("\n")).strip().splitlines():
+    for line in inspect.cleandoc(doc).splitlines():
         if literal and (line.startswith(" ") or not line.strip()):
             out.append(plain_inline(line.rstrip()))
             continue

@@ -467,7 +467,9 @@ def tuning_display(tables: Tables, label: str) -> Display | None:
     if tu.empty:
         return None
     rows = []
-    for (lb, single), g in tu.groupby([STRATEGY, tu["single_task"].fillna("")], sort=False):
+    # read back from CSV, a column with no single-task run is all-NaN float64
+    single_task = tu["single_task"].astype(object).fillna("")
+    for (lb, single), g in tu.groupby([STRATEGY, single_task], sort=False):
         chosen = g[g["chosen"].astype(bool)]
         grid = "; ".join(f"{p}: " + ("failed seed(s)" if int(f) else fmt_number(v))
                          for p, v, f in zip(g["point"], g["val_score"], g["n_failed"]))

@@ -227,9 +227,11 @@ def delta_m(mtl: dict[str, float], single: dict[str, float], higher: dict[str, b
 
 # -- read-outs of problems with a known answer -------------------------------------------------
 #: Column layout of the evaluation output of a task whose head reports where the model stands
-#: (the synthetic pairs with a known Pareto set: ``toy-2d``, ``quadratic``). Column 0 is the
-#: task's objective; the others are read-outs the head computes from the parameters in eval
-#: mode, NaN where a pair has no such quantity. A task lists only the ones it fills.
+#: (synthetic problems whose Pareto set is known, where the parameters are the point being
+#: optimised). Column 0 is the task's objective; the others are read-outs the head computes
+#: from the parameters in eval mode, NaN where a pair has no such quantity. A task lists only
+#: the ones it fills. The coordinates, ``front_position`` and ``pareto_weight`` have no better
+#: direction; the flag they carry only satisfies the protocol.
 READOUT_COLUMNS = ("objective", "pareto_distance", "front_position", "pareto_weight", "x1", "x2")
 
 

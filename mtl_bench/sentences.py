@@ -180,7 +180,7 @@ def tuning_line(tables: Tables, s: dict) -> str:
     for _, r in tu.iterrows():
         single = r["single_task"] if pd.notna(r["single_task"]) and r["single_task"] else ""
         chosen.append(f"{r[STRATEGY]}{f' [{single}]' if single else ''} {r['point']}")
-    edge = tu[tu["at_edge"].fillna("").astype(str).str.len() > 0]
+    edge = tu[tu["at_edge"].astype(object).fillna("").astype(str).str.len() > 0]
     text = "chosen on validation: " + "; ".join(chosen)
     if len(edge):
         text += (f". At the edge of its grid (the best value may lie beyond it): "

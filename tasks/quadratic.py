@@ -15,7 +15,7 @@ from mtl_bench.metrics import READOUT_COLUMNS
 from mtl_bench.registry import register_task
 from mtl_bench.strategy import REGRESSION
 from mtl_bench.task import Split, Task, TaskData, TaskPair
-from mtl_bench.tasks.toy_2d import Offset, objective_loss
+from mtl_bench.tasks._point import Offset, objective_loss
 
 #: Eigenvalues of every A_i before its scale: log-uniform in [1, EIGEN_RANGE].
 EIGEN_RANGE = 10.0
@@ -194,6 +194,11 @@ class Quadratic(TaskPair):
     (primary) and ``pareto_weight`` (w_i of the nearest Pareto point, :func:`pareto_distance`);
     with ``dim=2`` also ``x1``, ``x2``.
 
+    Training defaults: Adam with learning rate 1e-2 and 50 epochs of 100 steps. Measured at
+    the defaults (two seeds, 3,000 steps): equal weights, MGDA and PCGrad end within 1e-3 of
+    the Pareto set, CAGrad within 0.03 and still closing in (hence 5,000 steps), Nash-MTL and
+    FAMO hover 1e-3 to 0.1 from it as their weights keep moving.
+
     Options:
         n_tasks: T >= 2 (default 2).
         dim: d >= 1 (default 10).
@@ -203,7 +208,7 @@ class Quadratic(TaskPair):
     """
 
     description = "T convex quadratics of one point x: known Pareto set, imbalanced scales"
-    epochs = 30
+    epochs = 50
     batch_size = 1
     lr = 1e-2
     hidden = ()

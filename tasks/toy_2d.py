@@ -15,6 +15,7 @@ from mtl_bench.metrics import READOUT_COLUMNS
 from mtl_bench.registry import register_task
 from mtl_bench.strategy import REGRESSION
 from mtl_bench.task import Split, Task, TaskData, TaskPair
+from mtl_bench.tasks._point import Offset, objective_loss
 
 #: Starting points: the five of Nash-MTL and FAMO, then CAGrad's (-8.5, -5) (CAGrad's other two,
 #: (-8.5, 7.5) and (9, 9), are among the five). Start k is used by seed k (mod 6).
@@ -202,21 +203,6 @@ def front_position(x1: Any, x2: Any) -> np.ndarray:
     return (FRONT_X1 - _nearest_on_front(x1, x2)[1]) / (2 * FRONT_X1)
 
 
-class Offset(nn.Module):
-    """The trunk: representation = input row + a trainable 2-vector that starts at zero.
-
-    Every input row holds the start point, so the representation is the point x itself and
-    the one trainable tensor moves it: its gradient is dL/dx and Adam's updates are those of x.
-    """
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.shift = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.shift
-
-
 class ToyHead(nn.Module):
     """Task ``index``'s loss at each row of the representation; no parameters. In eval mode it
     adds the read-out columns of :data:`mtl_bench.metrics.READOUT_COLUMNS`."""
@@ -236,11 +222,6 @@ class ToyHead(nn.Module):
                 "x1": x[:, 0], "x2": x[:, 1]}
         out = np.stack([cols.get(c, np.full(len(x), np.nan)) for c in READOUT_COLUMNS], axis=1)
         return torch.as_tensor(out, dtype=rep.dtype, device=rep.device)
-
-
-def objective_loss(output: Tensor, target: Tensor) -> Tensor:
-    """The task's objective (column 0 of the head's output); the target is not used."""
-    return output[:, 0].mean()
 
 
 @register_task("toy-2d")

@@ -355,7 +355,11 @@ def test_cli_user_errors_are_one_error_line_and_exit_2(argv, capsys, tmp_path):
 # -- toy-2d: verdict rules on constructed records ----------------------------------------------
 def toy2d_record(strategy, start, distance, position, path=((0.0, 0.0), (1.0, -2.0)),
                  losses=(0.5, 1.5), status="ok"):
-    """A record as the harness writes it, reduced to what the toy-2d analysis reads."""
+    """A record as the harness writes it, reduced to what the toy-2d analysis reads; the
+    strategy is named as in the grid and labelled as the sweep labels it (famo(gamma=0))."""
+    from mtl_bench.reproductions.toy_2d import STRATEGIES, STRATEGY_GRID
+
+    strategy = dict(zip((n for n, _ in STRATEGY_GRID), STRATEGIES))[strategy]
     rows = []
     for epoch, (x1, x2) in enumerate(path):
         for task, loss in zip(("task1", "task2"), losses):
@@ -383,11 +387,15 @@ def toy2d_ends(cases):
 def test_toy2d_record_reading_takes_the_last_epoch_of_the_test_split():
     from mtl_bench.reproductions.toy_2d import toy_end
 
-    e = toy_end(toy2d_record("famo", 3, 0.01, 0.4, path=((-7.5, -0.5), (0, -5), (1, -8.3)),
-                             losses=(0.25, -3.0)))
-    assert (e.strategy, e.start, e.ok) == ("famo", 3, True)
-    np.testing.assert_array_equal(e.path, [[-7.5, -0.5], [0, -5], [1, -8.3]])
-    assert e.losses == (0.25, -3.0) and e.distance == 0.01 and e.position == 0.4
+    e = toy_end(toy2d_record("famo", 3, 0.01, 0.4, path=((-7.5, -0.5), (0, -5), (7, -8)),
+                             losses=(99.0, 99.0)))
+    assert (e.strategy, e.start, e.ok) == ("famo(gamma=0)", 3, True)
+    np.testing.assert_array_equal(e.path, [[-7.5, -0.5], [0, -5], [7, -8]])
+    assert e.distance == 0.01 and e.position == 0.4
+    # the unshifted losses at the final x = (7, -8), by hand: c1 = 0, c2 = tanh(4),
+    # g1 = (0 + 0) / 10 - 20 = -20, g2 = (14^2 + 0) / 10 - 20 = -0.4; L1 carries the 0.1
+    assert e.losses == pytest.approx((0.1 * math.tanh(4) * -20, math.tanh(4) * -0.4),
+                                     rel=1e-12)
     failed = toy_end(toy2d_record("famo", 4, 0.0, 0.5, status="failed"))
     assert not failed.ok and failed.where == "failed" and not failed.reaches
 
@@ -401,7 +409,8 @@ def test_toy2d_thresholds_at_their_boundaries():
         ("mgda", 0, 0.0, 0.85), ("mgda", 0, 0.0, 0.1501), ("mgda", 0, 0.0, 0.25),
         ("mgda", 0, 0.0, 0.75), ("mgda", 0, 0.0, 0.2499)])
     # distance exactly at the tolerance does not reach the front (d < 0.05 is required)
-    assert not at_tol.reaches and at_tol.where == "off the front" and not at_tol.extreme
+    assert not at_tol.reaches and at_tol.where == "off the front, still moving"
+    assert not at_tol.extreme
     assert below.reaches and below.extreme
     assert extreme_lo.extreme and extreme_hi.extreme and not just_in.extreme
     assert just_in.where == "in between" and just_out.where == "in between"
@@ -411,14 +420,24 @@ def test_toy2d_thresholds_at_their_boundaries():
 def test_toy2d_equal_weights_rule():
     from mtl_bench.reproductions.toy_2d import equal_weights_finding
 
+    # three epochs: the last 10% is one epoch, so "late move" = |x_3 - x_2|
+    def stop(dx):
+        return ((9, 9), (6, 5), (5.0, 3.9), (5.0 + dx, 3.9))
+
     reach_all = [("fixed", k, 0.001, 0.5) for k in range(5)]
     f = equal_weights_finding(toy2d_ends(reach_all))
     assert f.verdict == NOT_REPRODUCED and "0 of 5 finished runs" in f.evidence
-    # one start exactly at the tolerance counts as stuck; CAGrad's sixth start is not counted
-    one_off = reach_all[:4] + [("fixed", 4, 0.05, 0.0), ("fixed", 5, 3.0, 1.0)]
+    # a run exactly at the tolerance is off the front; one that moved exactly 0.05 in its
+    # last epoch is stuck; CAGrad's sixth start is not among the five
+    one_off = reach_all[:4] + [("fixed", 4, 0.05, 0.0, stop(0.05)), ("fixed", 5, 3.0, 1.0)]
     f = equal_weights_finding(toy2d_ends(one_off))
     assert f.verdict == REPRODUCED and "1 of 5 finished runs" in f.evidence
-    assert "(9, -1): d = 0.05, p = 0.00" in f.evidence
+    assert "(9, -1): d = 0.05, p = 0.00" in f.evidence and "1 of them stuck" in f.evidence
+    assert "(9, -1) moved 0.05" in f.evidence
+    # off the front but still moving: partly
+    moving = reach_all[:4] + [("fixed", 4, 2.0, 0.0, stop(0.0501))]
+    f = equal_weights_finding(toy2d_ends(moving))
+    assert f.verdict == PARTLY and "0 of them stuck" in f.evidence
     # a crashed run is not a run that got stuck
     crashed = reach_all[:4] + [("fixed", 4, 9.0, 0.0, ((0, 0),), (0, 0), "failed")]
     f = equal_weights_finding(toy2d_ends(crashed))
@@ -454,20 +473,24 @@ def test_toy2d_per_run_rules_count_failed_and_missing_runs_against_the_claim():
 
 
 def test_toy2d_section_is_computed_from_records(tmp_path):
-    from mtl_bench.reproductions.toy_2d import STRATEGIES, Toy2D
+    from mtl_bench.reproductions.toy_2d import STRATEGY_GRID, Toy2D
 
     records = [toy2d_record(s, k, 0.001 if s != "fixed" or k != 2 else 4.0,
                             {"mgda": 0.9, "pcgrad": 0.1}.get(s, 0.5),
-                            path=((0, 0), (0.5, -4), (k - 2.0, -8.4)))
-               for s in STRATEGIES for k in range(6)]
+                            path=((0, 0), (0.5, -4), (k - 2.0, -8.4), (k - 2.0, -8.4)))
+               for s, _ in STRATEGY_GRID for k in range(6)]
     records[-1] = toy2d_record("famo", 5, 0, 0, status="failed")
     ctx = Context(list(range(6)), 1, 2, tmp_path / "runs", tmp_path / "docs" / "r.md", {})
     text = Toy2D().section(records, ctx)
     assert "36 runs" in text and "1 of 36 runs failed" in text
-    assert "| fixed | (9, 9) | (0.000, -8.400) | 0.500 | 1.500 | 4 | 0.500 | off the front |" \
-        in text
-    assert "| famo | (-8.5, -5) | - | - | - | - | - | failed |" in text
+    # at x = (0, -8.4): c1 = 0, c2 = tanh(4.2), g1 = g2 = (49 + 0.1 * 0.4^2) / 10 - 20
+    g = (49 + 0.1 * 0.4 ** 2) / 10 - 20
+    l1, l2 = 0.1 * math.tanh(4.2) * g, math.tanh(4.2) * g
+    assert (f"| fixed | (9, 9) | (0.000, -8.400) | {l1:.3f} | {l2:.3f} | 4 | 0.500 | 0 | "
+            "off the front, stuck |") in text
+    assert "| famo(gamma=0) | (-8.5, -5) | - | - | - | - | - | - | failed |" in text
     assert "--seed-batch 6" in text and "--strategy fixed,mgda,pcgrad,cagrad,nash_mtl,famo" in text
+    assert "--set famo.gamma=0" in text
     assert "**1. Equal weights gets stuck from at least one start** — *reproduced*" in text
     assert "**2. MGDA and PCGrad stop near an end of the front** — *reproduced*" in text
     assert "**3. Nash-MTL and FAMO reach balanced points** — *reproduced*" in text
@@ -556,11 +579,11 @@ def test_quadratic_pareto_rule_at_the_tolerance():
     assert f.verdict == PARTLY and "pcgrad 0 of 1" in f.evidence and "mgda 1 of 1" in f.evidence
 
 
-def test_quadratic_balance_rule_and_classes():
+def test_quadratic_balance_classes():
     from mtl_bench.reproductions.quadratic import balance_class, balance_finding, quad_end
 
-    def run(s, c, seed, r1, r2):
-        return quad_end(quad_record(s, c, seed, 0.0, 0.5, start=(1.0, 1.0), end=(r1, r2)))
+    def run(s, c, seed, r1, r2, w1=0.5):
+        return quad_end(quad_record(s, c, seed, 0.0, w1, start=(1.0, 1.0), end=(r1, r2)))
 
     # a spread of exactly 10 is balanced; just above is not
     assert run("famo", 1.0, 0, 0.01, 0.1).balanced
@@ -571,19 +594,52 @@ def test_quadratic_balance_rule_and_classes():
     # one seed unbalanced at 100 is enough to lose balance there
     early = [run("mgda", c, s, 0.02, 0.04 if (c, s) != (100.0, 1) else 0.9)
              for c in (1.0, 100.0, 10000.0) for s in (0, 1)]
-    never = [run("pcgrad", c, 0, 0.001, 0.9) for c in (1.0, 100.0)]
+    # unbalanced already at the smallest condition, balanced later: no order to report
+    mixed = [run("pcgrad", c, 0, 0.02, 0.9 if c == 1.0 else 0.04) for c in (1.0, 100.0)]
+    never = [run("cagrad", c, 0, 0.001, 0.9, w1=1.0) for c in (1.0, 100.0)]
     assert balance_class(stays) == "stays balanced"
     assert balance_class(loses) == "loses balance at condition 10000"
     assert balance_class(early) == "loses balance at condition 100"
+    assert balance_class(mixed) == "balanced in 1 of 2 runs"
     assert balance_class(never) == "never balanced"
-    nash = [run("nash_mtl", c, s, 0.03, 0.03) for c in (1.0, 10000.0) for s in (0, 1)]
-    famo = [run("famo", c, s, 0.03, 0.03) for c in (1.0, 10000.0) for s in (0, 1)]
-    f = balance_finding(stays + nash + famo + loses)
-    assert f.verdict == REPRODUCED and "fixed: loses balance at condition 10000" in f.evidence
-    famo[-1] = run("famo", 10000.0, 1, 0.3, 0.003)
-    assert balance_finding(stays + nash + famo).verdict == PARTLY
-    # a claimed strategy without runs cannot back the claim
-    assert balance_finding(stays + nash).verdict == PARTLY
+    f = balance_finding(stays + loses + never)
+    assert f.verdict is None  # context: no published claim is tested
+    assert "fixed: loses balance at condition 10000" in f.evidence
+    assert "cagrad: never balanced" in f.evidence
+    assert "2 of 2 runs end at a task's own optimum" in f.evidence
+
+
+def test_quadratic_invariance_rule_compares_each_seed_with_its_smallest_condition():
+    from mtl_bench.reproductions.quadratic import drift, invariance_finding, quad_end
+
+    def run(s, c, seed, w1, status="ok"):
+        return quad_end(quad_record(s, c, seed, 0.0, w1, status=status))
+
+    # the same unscaled trade-off w'_1 = 0.6 at c = 1 and c = 100: w_1 / (w_1 + 100 w_2) = 0.6
+    w100 = 60 / 60.4
+    same = [run("imtl_g", 1.0, s, 0.6) for s in (0, 1)] + \
+        [run("imtl_g", 100.0, s, w100) for s in (0, 1)]
+    assert drift(same, "imtl_g") == pytest.approx([0.0, 0.0], abs=1e-12)
+    def w_at_100(target):  # w_1 with w_1 / (w_1 + 100 (1 - w_1)) = target
+        return 100 * target / (1 - target + 100 * target)
+
+    # a move of 0.049 keeps the trade-off (tolerance 0.05), 0.051 does not
+    edge = [run("nash_mtl", 1.0, s, 0.6) for s in (0, 1)] + [
+        run("nash_mtl", 100.0, 0, w_at_100(0.649)), run("nash_mtl", 100.0, 1, w_at_100(0.651))]
+    assert drift(edge, "nash_mtl") == pytest.approx([0.049, 0.051])
+    assert invariance_finding(edge).evidence.startswith("runs whose trade-off")
+    assert "nash_mtl 1 of 2" in invariance_finding(edge).evidence
+    edge[-1] = run("nash_mtl", 100.0, 1, w_at_100(0.6))
+    famo = [run("famo", 1.0, 0, 0.5), run("famo", 100.0, 0, 0.5, status="failed")]
+    fixed = [run("fixed", 1.0, 0, 0.5), run("fixed", 100.0, 0, 0.5)]
+    assert drift(fixed, "fixed") == pytest.approx([0.5 - 0.5 / 50.5])
+    ok_famo = [run("famo", 1.0, 0, 0.5), run("famo", 100.0, 0, w_at_100(0.5))]
+    f = invariance_finding(same + edge + ok_famo + fixed)
+    assert f.verdict == REPRODUCED and "fixed 0 of 1" in f.evidence
+    # FAMO's run at c = 100 failed: it counts against the claim
+    f = invariance_finding(same + edge + famo + fixed)
+    assert f.verdict == PARTLY and "famo 0 of 1" in f.evidence
+    assert invariance_finding(same + edge).verdict == PARTLY  # FAMO without runs
 
 
 def test_quadratic_section_is_computed_from_records(tmp_path):
@@ -597,7 +653,10 @@ def test_quadratic_section_is_computed_from_records(tmp_path):
     # w' = 0.5 / (0.5 + 10000 * 0.5) = 1/10001; r = (0.1 / 4, 0.2 / 2); spread 4
     assert "| mgda | 10000 | 2/2 | 0.0001 | 2/2 | 0.5 | 0.0001 | 0.025 | 0.1 | 4 | 2/2 |" in text
     assert "**1. Every strategy ends on the Pareto set** — *reproduced*" in text
-    assert "**2. IMTL-G, Nash-MTL and FAMO stay balanced" in text
+    # w_1 = 0.5 at every condition: the unscaled trade-off drifts, so finding 2 fails
+    assert "**2. IMTL-G, Nash-MTL and FAMO pick the same trade-off whatever the scales** — *not " \
+        "reproduced*" in text
+    assert "**4. Which strategies stay balanced as the scales drift apart** — *no published" in text
     # fixed's w_near = 0.5 is its own weight, the skewed one's is not: partly
     assert "**3. Fixed weights converge to x*(w)** — *partly reproduced*" in text
     assert "--set fixed.weights=1.5/0.5" in text

@@ -9,6 +9,7 @@ import torch
 from scipy.optimize import brentq
 
 from mtl_bench import registry
+from mtl_bench.batched import train_batched
 from mtl_bench.cli import main
 from mtl_bench.errors import UserError
 from mtl_bench.tasks import quadratic as Q
@@ -291,6 +292,18 @@ def test_every_strategy_steps_on_the_pair(pair):
         if rec["status"] != "ok":
             failed[name] = rec.get("reason")
     assert not failed
+
+
+def test_seed_batched_starts_equal_separate_runs():
+    configs = [RunConfig(task="toy-2d", strategy="mgda", seed=s, epochs=2, select="last",
+                         task_options={"epoch_steps": 20}) for s in (0, 3)]
+    for config, batched in zip(configs, train_batched(configs)):
+        alone = train_run(config)
+        assert batched["status"] == alone["status"] == "ok"
+        assert batched["data"]["start"] == alone["data"]["start"]
+        a = np.array([r[4] for r in alone["curves"]["rows"]])
+        b = np.array([r[4] for r in batched["curves"]["rows"]])
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_cli_run_aggregate_report_on_both_pairs(tmp_path, capsys):

@@ -475,9 +475,9 @@ def _runnable(configs: list[Any]) -> list[Any]:
     for c in configs:
         key = repr((c.strategy, sorted(c.strategy_params.items()), c.architecture))
         if key not in verdicts:
+            strategy = build_strategy(c.strategy, c.strategy_params)  # bad parameters: an error
             try:
-                check_gradient_source(c.architecture, build_strategy(c.strategy,
-                                                                     c.strategy_params))
+                check_gradient_source(c.architecture, strategy)
                 verdicts[key] = True
             except UserError:
                 verdicts[key] = False
@@ -486,9 +486,10 @@ def _runnable(configs: list[Any]) -> list[Any]:
         else:
             left_out.setdefault(c.architecture, set()).add(c.strategy_label)
     for architecture, labels in left_out.items():
-        print(f"note: {len(labels)} strategies need task gradients that the '{architecture}' "
-              f"architecture cannot give and are left out there: {', '.join(sorted(labels))} "
-              "(name them with --strategy to see why)", file=sys.stderr)
+        who = "1 strategy needs" if len(labels) == 1 else f"{len(labels)} strategies need"
+        print(f"note: {who} task gradients that the '{architecture}' architecture cannot give, "
+              f"left out there: {', '.join(sorted(labels))} (name them with --strategy to see "
+              "why)", file=sys.stderr)
     return keep
 
 
