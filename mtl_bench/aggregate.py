@@ -23,7 +23,7 @@ import pandas as pd
 
 from mtl_bench import stats
 from mtl_bench.errors import UserError
-from mtl_bench.metrics import METRICS, delta_m, get_metric
+from mtl_bench.metrics import METRICS, delta_m, get_metric, is_scored
 from mtl_bench.settings import (  # noqa: F401  (names the tables' readers use via aggregate)
     ARCHITECTURE,
     FRONT,
@@ -398,6 +398,8 @@ def _delta_m_terms(settings: list[Setting], values: SeedValues) -> pd.DataFrame:
         base_setting = s.label if s.baseline == "setting" else s.baseline
         for lb in s.labels((REFERENCE, METHOD, FRONT)):
             for task, metric in s.metric_columns():
+                if not is_scored(metric):  # a read-out without a better direction
+                    continue
                 mine = values.get((s.label, lb, task, metric), {})
                 base = values.get((base_setting, SINGLE_TASK, task, metric), {})
                 sign = -1.0 if s.directions.get(metric) else 1.0

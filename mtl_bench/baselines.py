@@ -24,6 +24,7 @@ from typing import Any
 
 from mtl_bench.aggregate import setting_label
 from mtl_bench.errors import UserError
+from mtl_bench.metrics import is_scored
 from mtl_bench.store import RunStore, atomic_write_text
 from mtl_bench.strategy import format_value
 
@@ -142,7 +143,7 @@ def compact_run(record: dict[str, Any], tuned: Sequence[str] = ()) -> dict[str, 
             except (TypeError, ValueError):
                 raise UserError(f"run record {record.get('run_id')}: summary rows should be "
                                 f"[epoch, split, task, metric, value], found {row!r}") from None
-            if split == "test" and metric in directions:
+            if split == "test" and metric in directions and is_scored(metric):
                 test[f"{task}.{metric}"] = _finite_or_none(value)
     tp = record.get("throughput") or {}
     prov = record.get("provenance") or {}

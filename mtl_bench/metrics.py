@@ -23,6 +23,9 @@ class Metric:
     #: The range the metric can take: intervals over seeds stay inside it, and model selection
     #: measures progress as the fraction of the gap to the ideal end closed (see ``ideal``).
     bounds: tuple[float, float] = (-math.inf, math.inf)
+    #: False for a read-out that has no better direction (a coordinate, a position on a
+    #: front): reported and plotted, but never in Delta_m%, its terms, or a regression check.
+    scored: bool = True
 
     @property
     def ideal(self) -> float:
@@ -42,15 +45,21 @@ UNIT, NON_NEGATIVE = (0.0, 1.0), (0.0, math.inf)
 
 
 def metric(name: str, higher_is_better: bool, kind: str, description: str = "",
-           bounds: tuple[float, float] = (-math.inf, math.inf)):
+           bounds: tuple[float, float] = (-math.inf, math.inf), scored: bool = True):
     def decorator(fn):
         if name in METRICS:
             raise ValueError(f"metric '{name}' is already defined")
         METRICS[name] = Metric(name, higher_is_better, fn, kind, description,
-                               (float(bounds[0]), float(bounds[1])))
+                               (float(bounds[0]), float(bounds[1])), scored)
         return fn
 
     return decorator
+
+
+def is_scored(name: str) -> bool:
+    """Whether a metric has a better direction that scores can use (unknown names: True)."""
+    m = METRICS.get(name)
+    return m is None or m.scored
 
 
 def get_metric(name: str) -> Metric:
@@ -236,21 +245,21 @@ READOUT_COLUMNS = ("objective", "pareto_distance", "front_position", "pareto_wei
 
 
 def _readout(name: str, higher: bool, description: str,
-             bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+             bounds: tuple[float, float] = (-math.inf, math.inf), scored: bool = True) -> None:
     column = READOUT_COLUMNS.index(name)
 
     def fn(pred: np.ndarray, target: np.ndarray) -> float:
         return float(np.mean(np.asarray(pred, dtype=float).reshape(len(pred), -1)[:, column]))
 
-    metric(name, higher, "regression", description, bounds)(fn)
+    metric(name, higher, "regression", description, bounds, scored)(fn)
 
 
 _readout("objective", False, "the task's objective at the model's parameters (read-out column 0)")
 _readout("pareto_distance", False, "Euclidean distance from the parameters to the Pareto set",
          NON_NEGATIVE)
 _readout("front_position", False, "where the nearest Pareto point lies: 0 at task 1's optimum, "
-         "1 at task 2's (no better direction)", UNIT)
+         "1 at task 2's (no better direction)", UNIT, scored=False)
 _readout("pareto_weight", False, "this task's weight w_i of the Pareto point x*(w) nearest to "
-         "the parameters (no better direction)", UNIT)
-_readout("x1", False, "first coordinate of the parameters (no better direction)")
-_readout("x2", False, "second coordinate of the parameters (no better direction)")
+         "the parameters (no better direction)", UNIT, scored=False)
+_readout("x1", False, "first coordinate of the parameters (no better direction)", scored=False)
+_readout("x2", False, "second coordinate of the parameters (no better direction)", scored=False)

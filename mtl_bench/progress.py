@@ -270,7 +270,8 @@ class Progress:
                 run = self.active[config.run_id] = Active(
                     config, now, warm=self._started > self.estimator.parallel)
                 self._drop_pending(config)
-            run.epoch, run.epochs = epoch, epochs
+            # a run that starts may not know its epochs yet (the pair's default): 0 = unknown
+            run.epoch, run.epochs = int(epoch or 0), int(epochs or 0)
             if epoch >= 1 and run.first_epoch_at is None:
                 run.first_epoch_at = now
         if self.quiet:

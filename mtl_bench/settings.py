@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtl_bench.errors import UserError
+from mtl_bench.metrics import is_scored
 from mtl_bench.store import RUN_ID, STATUS
 from mtl_bench.strategy import format_value
 from mtl_bench.tuning import Choice, choose_all, point_text
@@ -261,7 +262,7 @@ def summary_metrics(tasks: Sequence[dict[str, Any]], wanted: Sequence[str] = ()
     or the ``wanted`` metrics the task reports (its primary when it reports none of them)."""
     out = []
     for t in tasks:
-        mine = [m for m in wanted if m in t["metrics"]]
+        mine = [m for m in wanted if m in t["metrics"] and is_scored(m)]
         out += [(t["name"], m) for m in (mine or [t.get("primary") or t["metrics"][0]])]
     return out
 

@@ -35,7 +35,12 @@ def nash_solve(gram: np.ndarray) -> tuple[np.ndarray, bool]:
     """
     t = len(gram)
     norms = np.sqrt(np.diagonal(gram))
-    m = gram / np.outer(norms, norms) + RIDGE * np.eye(t)
+    cos = gram / np.outer(norms, norms)
+    # rounding can put the cosine of (anti-)parallel gradients just outside [-1, 1], which
+    # would make 1 + ridge + cos negative below; the diagonal is left as computed
+    off = ~np.eye(t, dtype=bool)
+    cos[off] = np.clip(cos[off], -1.0, 1.0)
+    m = cos + RIDGE * np.eye(t)
     if t == 2:
         # x^2 (1 + ridge) + x^2 cos = 1 for both tasks: beta = 1 / sqrt(1 + ridge + cos)
         return 1.0 / (np.sqrt(m[0, 0] + m[0, 1]) * norms), True

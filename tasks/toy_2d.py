@@ -250,12 +250,15 @@ class Toy2D(TaskPair):
     which holds the start point, so the representation is x, gradient sources ``shared``,
     ``last`` and ``rep`` all give dL_i/dx, and each head computes its L_i from it without
     parameters. Every row of every split is the start point, so the loss does not depend on
-    the batch (default batch size 1; an epoch is ``epoch_steps`` steps). Training defaults are
-    the papers' Adam with learning rate 1e-3 and 100 epochs of 500 steps: 50,000 steps, the
-    count of FAMO's toy code. Nash-MTL's 35,000 are not enough here: from (-8.5, 7.5) equal
-    weights reach the front only after ~42,000 steps (measured; the slowest start and method
-    seen). Larger learning rates are no shortcut: at 3e-3 or more Adam keeps oscillating
-    across the narrow valley below the front (ending 0.1-2 away from it).
+    the batch (default batch size 1; an epoch is ``epoch_steps`` steps). Training defaults:
+    the papers' Adam with learning rate 1e-3, and 140 epochs of 500 steps = 70,000 steps, the
+    fewest that bring every trajectory that reaches the front there (measured, scaled
+    variant, six strategies x six starts): CAGrad and PCGrad from (9, 9) arrive only after
+    66,000 and 62,000 steps, equal weights from (-8.5, 7.5) after 42,500 (so Nash-MTL's
+    35,000 and FAMO's 50,000 are too few here). Equal weights from (9, 9) never arrive (they
+    stall on the plateau above the axis, the failure the papers show). Larger learning rates
+    are no shortcut: at 3e-3 or more Adam keeps oscillating across the flat valley below the
+    front and ends 0.1-2 away from it.
 
     Metrics per task, all read from x at evaluation: ``objective`` (L_i), ``pareto_distance``
     (to the front, :func:`front_distance`; primary, so model selection keeps the epoch nearest
@@ -278,7 +281,7 @@ class Toy2D(TaskPair):
     """
 
     description = "CAGrad/Nash-MTL/FAMO 2-D toy: two losses of a point x, known Pareto front"
-    epochs = 100
+    epochs = 140
     batch_size = 1
     lr = 1e-3
     hidden = ()

@@ -140,3 +140,23 @@ def test_delta_m_signs():
 def test_delta_m_rejects_undefined_inputs(mtl, single, message):
     with pytest.raises(ValueError, match=message):
         delta_m(mtl, single, {"acc": True})
+
+
+def test_read_outs_without_a_direction_are_never_scored():
+    """A coordinate or a position on a front has no better direction: it is reported, but a
+    baseline keeps no test value of it (so check never calls it worse) and it never counts
+    towards Delta_m%."""
+    from mtl_bench.baselines import compact_run
+    from mtl_bench.metrics import is_scored
+    from mtl_bench.settings import summary_metrics
+
+    assert not any(is_scored(m) for m in ("x1", "x2", "front_position", "pareto_weight"))
+    assert is_scored("pareto_distance") and is_scored("accuracy") and is_scored("no-such-metric")
+    record = {"run_id": "r", "status": "ok", "task_pair": "toy-2d", "strategy": "fixed",
+              "config": {"task": "toy-2d", "strategy": "fixed", "seed": 0},
+              "metric_directions": {"pareto_distance": False, "x1": False},
+              "summary": [[3, "test", "task1", "pareto_distance", 0.5],
+                          [3, "test", "task1", "x1", 2.0]]}
+    assert set(compact_run(record)["test"]) == {"task1.pareto_distance"}
+    tasks = [{"name": "task1", "metrics": ["pareto_distance", "x1"], "primary": "pareto_distance"}]
+    assert summary_metrics(tasks, ["x1"]) == [("task1", "pareto_distance")]

@@ -456,10 +456,13 @@ def test_toy2d_per_run_rules_count_failed_and_missing_runs_against_the_claim():
     f = extremes_finding(toy2d_ends(ends))
     assert f.verdict == PARTLY and "PCGrad 4 of 5" in f.evidence and "MGDA 5 of 5" in f.evidence
 
-    nash = [("nash_mtl", k, 0.001, 0.5) for k in range(5)]
-    famo = [("famo", k, 0.001, 0.25) for k in range(4)]
-    assert balanced_finding(toy2d_ends(nash + famo + [("famo", 4, 0.0, 0.75)])).verdict == \
-        REPRODUCED
+    nash = [("nash_mtl", k, 0.001, 0.5, ((0, 0), (0.5, -8.4), (0.5, -8.4))) for k in range(5)]
+    famo = [("famo", k, 0.001, 0.25, ((0, 0), (3.0, -8.4), (3.5, -8.4))) for k in range(4)]
+    f = balanced_finding(toy2d_ends(nash + famo + [("famo", 4, 0.0, 0.75)]))
+    assert f.verdict == REPRODUCED
+    # a run on the front that moved 0.5 in its last epoch is flagged, a settled one is not
+    assert "(-8.5, 7.5): d = 0.001, p = 0.25, still moving (0.5)" in f.evidence
+    assert "(-8.5, 7.5): d = 0.001, p = 0.50;" in f.evidence
     # FAMO's fifth run failed: 4 of 5; missing entirely: also 4 of 5
     f = balanced_finding(toy2d_ends(nash + famo + [("famo", 4, 0, 0.5, ((0, 0),), (0, 0),
                                                     "failed")]))

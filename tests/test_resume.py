@@ -101,7 +101,7 @@ def test_failed_runs_are_kept_and_rerun_only_when_asked(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(_tiny(runs, "--max-run-seconds", "1e-9")) == 0
     captured = capsys.readouterr()
-    assert "0 ok, 4 failed (4 of 4 run(s) failed in this sweep)" in captured.out
+    assert "4 run(s) done here (4 failed); this sweep's 4 record(s): 0 ok, 4 failed" in captured.out
     assert "exceeded --max-run-seconds" in captured.out
     # a timeout says nothing about the run itself: a plain rerun retries it ...
     assert main(_tiny(runs, "--dry-run")) == 0

@@ -132,7 +132,7 @@ def test_a_killed_worker_is_one_failed_cell_and_a_plain_rerun_repairs_it(tmp_pat
     assert "failed (worker): will retry" in cli(*base, "--dry-run").stdout
     marker.unlink()
     proc = cli(*base, "--report", out)
-    assert "(0 of 2 run(s) failed in this sweep)" in proc.stdout  # only the 2 dead ones reran
+    assert "2 run(s) done here (0 failed)" in proc.stdout  # only the 2 dead ones reran
     assert all(r["status"] == "ok" for r in RunStore(runs).load().records)
 
 
@@ -157,7 +157,7 @@ def test_readme_examples_use_commands_that_exist():
         if line.startswith("python -m mtl_bench ") and " run " not in line:
             command = line.split()[3]
             assert command in {"list", "run", "aggregate", "report", "check", "baseline",
-                               "speed", "--plugin"}, line
+                               "speed", "export", "--plugin"}, line
 
 
 def test_killing_report_leaves_no_truncated_figure(tmp_path):

@@ -160,10 +160,16 @@ def _start_text(k: int) -> str:
     return f"({STARTS[k][0]:g}, {STARTS[k][1]:g})"
 
 
+def _moving_on_front(e: ToyEnd) -> bool:
+    """On the front but still sliding along it: its final position is not settled."""
+    return e.reaches and e.late_move > STILL_MOVING
+
+
 def _run_text(e: ToyEnd) -> str:
     if not e.ok:
         return f"{_start_text(e.start)}: failed"
-    return f"{_start_text(e.start)}: d = {e.distance:.3g}, p = {e.position:.2f}"
+    return (f"{_start_text(e.start)}: d = {e.distance:.3g}, p = {e.position:.2f}"
+            + (f", still moving ({e.late_move:.2g})" if _moving_on_front(e) else ""))
 
 
 def _runs(ends: Sequence[ToyEnd], strategy: str, starts: Sequence[int]) -> list[ToyEnd]:
@@ -310,7 +316,9 @@ class Toy2D(Reproduction):
             "(L1 times 0.1 in the scaled variant of Nash-MTL and FAMO). The model is x itself; "
             f"Adam (lr {cfg.get('lr', '?')}), batch {cfg.get('batch_size', '?')}, "
             f"{cfg.get('epochs', '?')} epochs of {steps} steps ({total} steps; Nash-MTL's toy "
-            "ran 35,000, FAMO's 50,000). Run seed k starts at start k: "
+            "ran 35,000, FAMO's 50,000; a run still moving at the end is marked so: the slowest "
+            "need about twice as many steps, see the task pair's docstring, which would not fit "
+            "this reproduction's 10-minute budget on 2 CPU cores). Run seed k starts at start k: "
             + ", ".join(f"{k}: {_start_text(k)}" for k in ctx.seeds if k < len(STARTS))
             + " (0-4 are Nash-MTL's and FAMO's five starts, 5 is CAGrad's third). Strategies "
             "with their defaults, except FAMO's logit decay gamma = 0 as in FAMO's toy runs: "
@@ -336,14 +344,15 @@ def end_table(ends: Sequence[ToyEnd]) -> Display:
             "distance to front ↓": "-" if not e.ok else f"{e.distance:.3g}",
             "position p": "-" if not e.ok else f"{e.position:.3f}",
             "late move": "-" if not e.ok else f"{e.late_move:.3g}",
-            "ends": e.where})
+            "ends": e.where + (" (still moving)" if _moving_on_front(e) else "")})
     note = ("After the last epoch (no model selection). L1, L2: the losses at the final x as "
             "the papers define them (L1 with the variant's factor, without the constant shift "
             f"the pair trains with). Late move: how far x moved over the last {LATE:.0%} of the "
             f"epochs. 'ends': off the front (d >= {REACH_TOL:g}; stuck if the late move is at "
             f"most {STILL_MOVING:g}, else still moving), near an end (p <= {EXTREME:g} or "
             f">= {1 - EXTREME:g}), balanced ({BALANCED[0]:g} <= p <= {BALANCED[1]:g}) or in "
-            "between.")
+            "between; '(still moving)': on the front but moved more than "
+            f"{STILL_MOVING:g} late, so its position is not settled.")
     return text_display("Final point of every run", rows, note)
 
 
@@ -366,7 +375,9 @@ def trajectory_figure(ends: Sequence[ToyEnd], variant: str = "scaled") -> Figure
     fx, fy = front_curve()
     colours = _start_colours(len(STARTS))
     for ax, s in zip(axes, strategies):
-        ax.contourf(g1, g2, total, levels=np.unique(levels), cmap="Greys", alpha=0.55)
+        # drawn as an image inside the SVG: thousands of contour paths would make it megabytes
+        ax.contourf(g1, g2, total, levels=np.unique(levels), cmap="Greys", alpha=0.55,
+                    rasterized=True)
         ax.plot(fx, fy, color="black", linewidth=2.0)
         for e in sorted((e for e in ends if e.strategy == s), key=lambda e: e.start):
             c = colours[e.start]
