@@ -204,6 +204,7 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"task pair '{config.task}' has no task '{config.single_task}'; "
                         f"its tasks are: {', '.join(names)}")
     check_gradient_source(config.architecture, strategy)
+    check_shared_inputs(config, strategy)
     try:
         device = torch.device(config.device)
     except RuntimeError:
@@ -215,6 +216,28 @@ def validate(config: RunConfig) -> None:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise UserError(f"device '{config.device}' requested but this machine has "
                         f"{torch.cuda.device_count()} CUDA device(s)")
+
+
+def _rep_refusal(strategy: Strategy, task: str) -> str:
+    return (f"strategy '{strategy}' takes gradients at the shared representation, which needs "
+            f"inputs shared by all tasks; task pair '{task}' gives each task its own dataset")
+
+
+@lru_cache(maxsize=64)
+def _shares_inputs(task: str, options: str) -> bool:
+    """Whether every task of the pair reads the same inputs (does not depend on the seed)."""
+    return build_task_pair(task, json.loads(options)).load(0).train.shared_inputs
+
+
+def check_shared_inputs(config: RunConfig, strategy: Strategy) -> None:
+    """Raise UserError before any training when ``strategy`` takes gradients at the shared
+    representation (source ``rep``) of a pair that gives each task its own dataset. The pair's
+    data is loaded once per pair and options, and only for such a strategy."""
+    if strategy.grad_source != "rep" or config.single_task is not None:
+        return
+    options = json.dumps(config.task_options, sort_keys=True, default=str)
+    if not _shares_inputs(config.task, options):
+        raise UserError(_rep_refusal(strategy, config.task))
 
 
 # -- provenance --------------------------------------------------------------------------------
@@ -452,9 +475,7 @@ def set_up_run(config: RunConfig, device: torch.device
     strategy.setup([t.info for t in tasks], seed=config.seed)
     strategy.to(device)
     if strategy.grad_source == "rep" and not data.train.shared_inputs:
-        raise UserError(f"strategy '{strategy}' takes gradients at the shared representation, "
-                        f"which needs inputs shared by all tasks; task pair '{config.task}' gives "
-                        "each task its own dataset")
+        raise UserError(_rep_refusal(strategy, config.task))
 
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,

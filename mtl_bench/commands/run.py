@@ -465,31 +465,39 @@ def run(args: argparse.Namespace) -> int:
 def _runnable(configs: list[Any]) -> list[Any]:
     """Without --strategy a sweep runs every registered strategy that can run on each setting:
     one that needs task gradients is left out where the architecture has none to give (e.g.
-    ``separate``), with a note, instead of failing the whole sweep."""
+    ``separate``), and one that needs the shared representation where the pair gives each
+    task its own dataset (e.g. ``clsreg-2sets``), with a note, instead of failing the sweep."""
     from mtl_bench.architectures import check_gradient_source
-    from mtl_bench.train import build_strategy
+    from mtl_bench.train import build_strategy, check_shared_inputs
 
-    verdicts: dict[str, bool] = {}
+    verdicts: dict[str, str | None] = {}
     left_out: dict[str, set[str]] = {}
     keep = []
     for c in configs:
-        key = repr((c.strategy, sorted(c.strategy_params.items()), c.architecture))
+        key = repr((c.strategy, sorted(c.strategy_params.items()), c.architecture, c.task,
+                    sorted(c.task_options.items())))
         if key not in verdicts:
             strategy = build_strategy(c.strategy, c.strategy_params)  # bad parameters: an error
+            verdicts[key] = None
             try:
                 check_gradient_source(c.architecture, strategy)
-                verdicts[key] = True
             except UserError:
-                verdicts[key] = False
-        if verdicts[key] or c.single_task is not None:
+                verdicts[key] = (f"task gradients that the '{c.architecture}' architecture "
+                                 "cannot give")
+            else:
+                try:
+                    check_shared_inputs(c, strategy)
+                except UserError:
+                    verdicts[key] = (f"the shared representation, which '{c.task}' lacks (each "
+                                     "task has its own dataset)")
+        if verdicts[key] is None or c.single_task is not None:
             keep.append(c)
         else:
-            left_out.setdefault(c.architecture, set()).add(c.strategy_label)
-    for architecture, labels in left_out.items():
+            left_out.setdefault(verdicts[key], set()).add(c.strategy_label)
+    for why, labels in left_out.items():
         who = "1 strategy needs" if len(labels) == 1 else f"{len(labels)} strategies need"
-        print(f"note: {who} task gradients that the '{architecture}' architecture cannot give, "
-              f"left out there: {', '.join(sorted(labels))} (name them with --strategy to see "
-              "why)", file=sys.stderr)
+        print(f"note: {who} {why}, left out there: {', '.join(sorted(labels))} (name them with "
+              "--strategy to see why)", file=sys.stderr)
     return keep
 
 
