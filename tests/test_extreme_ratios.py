@@ -598,3 +598,17 @@ def test_sdmgrad_first_step_is_the_exact_inner_iteration(t, p, kind, scale, seed
     ref = [(w[i] + mp.mpf("0.3") / t) / mp.mpf("1.3") for i in range(t)]
     (alpha,) = _steps("sdmgrad", g, 1, inner_lr=eta)
     assert _err_d(m, alpha, ref) <= TOL
+
+
+def test_nash_mtl_anti_parallel_gradients_with_rounding_stay_finite():
+    """Two anti-parallel gradients whose float32 Gram matrix puts the cosine just below -1 (as on
+    toy-2d's Pareto front) still give the bargaining solution of cosine -1: 1 / sqrt(ridge) per
+    unit norm, finite and positive, instead of the square root of a negative number."""
+    from mtl_bench.strategies.nash_mtl import RIDGE, nash_solve
+
+    gram = np.array([[4.0, -2.0 * 3.0 * (1 + 1e-7)], [-2.0 * 3.0 * (1 + 1e-7), 9.0]])
+    alpha, ok = nash_solve(gram)
+    assert ok and np.isfinite(alpha).all() and (alpha > 0).all()
+    # rtol: (1 + ridge) - 1 keeps ridge to ~1e-7 relative in float64
+    np.testing.assert_allclose(alpha, [1 / (np.sqrt(RIDGE) * 2.0), 1 / (np.sqrt(RIDGE) * 3.0)],
+                               rtol=1e-6)
