@@ -17,7 +17,7 @@ CARD_STRATEGIES = ["fixed", "uncertainty", "gradnorm", "dwa"]
 PROFILES: dict[str, dict[str, Any]] = {
     # The CI gate (`check --baseline quick`): every registered strategy (no "strategies" key),
     # so a harness change that breaks any family shows up; 3 seeds x 6 epochs on the penguins
-    # pair keeps 17 strategies near 15 s of CPU on one core. Quality is deterministic on CPU
+    # pair keeps 32 strategies near 30 s of CPU on one core. Quality is deterministic on CPU
     # for a fixed seed, so unchanged code reproduces the baseline's metrics exactly.
     "quick": {
         "tasks": ["clsreg"],
