@@ -5,7 +5,7 @@ Schema (every key optional; options given on the command line win over the file)
     tasks = ["clsreg"]                  # task pairs (a string is one name)
     strategies = ["fixed", "gradnorm"]  # strategies
     seeds = 3                           # a count, or a list such as [0, 5, 7]
-    epochs = 20
+    epochs = 20                         # one value, or a list = a grid of settings
     batch_size = 32
     lr = [1e-3, 3e-3]                   # one number, or a list = a grid
     weight_decay = 0.0
@@ -55,6 +55,8 @@ SETTING_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "diag_every": (lambda v: v >= 0, "a non-negative integer (0: once per epoch)"),
 }
 LIST_KEYS = ("tasks", "strategies", "seeds", "lr")
+#: Setting keys that also take a list, a grid of settings (as their ``run`` options do).
+SETTING_LISTS = ("epochs", "batch_size", "weight_decay", "architecture", "sampling")
 KEYS = (*LIST_KEYS, *SCALAR_KEYS, "set")
 
 
@@ -102,14 +104,19 @@ def check_config(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
             raise UserError(f"{where}: unknown key '{key}'; valid keys: {', '.join(KEYS)}")
         if key in SCALAR_KEYS:
             types = SCALAR_KEYS[key]
-            ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
-            if not ok:
-                raise UserError(f"{where}: '{key}' should be {_type_name(types)}, "
-                                f"got {value!r}")
-            ok_range, requirement = SETTING_RANGES.get(key, (lambda v: True, ""))
-            if not ok_range(value):
-                raise UserError(f"{where}: '{key}' should be {requirement}, got {value!r}")
-            out[key] = value
+            many = key in SETTING_LISTS and isinstance(value, list)
+            if many and not value:
+                raise UserError(f"{where}: '{key}' is an empty list")
+            for item in value if many else [value]:
+                ok = isinstance(item, types) and (bool in types or not isinstance(item, bool))
+                if not ok:
+                    also = " (or a list of them: a grid)" if key in SETTING_LISTS else ""
+                    raise UserError(f"{where}: '{key}' should be {_type_name(types)}{also}, "
+                                    f"got {item!r}")
+                ok_range, requirement = SETTING_RANGES.get(key, (lambda v: True, ""))
+                if not ok_range(item):
+                    raise UserError(f"{where}: '{key}' should be {requirement}, got {item!r}")
+            out[key] = list(value) if many else value
         elif key in ("tasks", "strategies"):
             names = [value] if isinstance(value, str) else value
             if not isinstance(names, list) or not names or not all(

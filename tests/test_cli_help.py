@@ -284,3 +284,32 @@ def test_wheel_ships_the_committed_baselines():
     shipped = {p.relative_to(ROOT / "results" / "baselines") for pattern in patterns
                for p in (ROOT / "results" / "baselines").glob(pattern)}
     assert {Path("quick/baseline.json"), Path("default/baseline.json")} <= shipped
+
+
+def test_config_file_setting_lists_form_a_grid_like_the_options(tmp_path, capsys):
+    """`sampling = ["equal", "temperature"]` in a sweep file gives the same two settings as
+    `--sampling equal,temperature`; a bad item or an empty list is one `error:` line."""
+    from mtl_bench.cli import main
+
+    good = tmp_path / "sweep.toml"
+    good.write_text('tasks = ["clsreg-2sets"]\nstrategies = ["fixed"]\nepochs = [1, 2]\n'
+                    'sampling = ["equal", "temperature"]\n')
+    runs = str(tmp_path / "runs")
+    assert main(["run", "--config", str(good), "--dry-run", "--runs-dir", runs]) == 0
+    from_file = capsys.readouterr().out
+    assert "4 to run" in from_file
+    for text in ("sampling=equal", "sampling=temperature", "epochs=1", "epochs=2"):
+        assert text in from_file
+    assert main(["run", "--task", "clsreg-2sets", "--strategy", "fixed", "--epochs", "1,2",
+                 "--sampling", "equal,temperature", "--dry-run", "--runs-dir", runs]) == 0
+    ids = sorted(line.split()[0] for line in capsys.readouterr().out.splitlines()
+                 if "to run" in line and "clsreg-2sets" in line)
+    assert ids == sorted(line.split()[0] for line in from_file.splitlines()
+                         if "to run" in line and "clsreg-2sets" in line) and len(ids) == 4
+    for body, expected in (('sampling = ["equal", "bogus"]', "bogus"),
+                           ("epochs = []", "empty list"), ("epochs = [2, 0]", "positive")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(body + "\n")
+        assert main(["run", "--config", str(bad), "--dry-run", "--runs-dir", runs]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and expected in err and err.count("\n") == 1
