@@ -292,6 +292,7 @@ def source_hash(obj: Any) -> str:
 #: Modules whose code decides a run's numbers besides the strategy's and the task pair's own.
 HARNESS_MODULES = ("mtl_bench.train", "mtl_bench.step", "mtl_bench.clock",
                    "mtl_bench.selection", "mtl_bench.task", "mtl_bench.architectures",
+                   "mtl_bench.architecture_spec",
                    "mtl_bench.strategy", "mtl_bench.metrics")
 
 

@@ -76,6 +76,27 @@ def test_sampling_choices_match_the_task_module():
     assert run_command.SAMPLING_CHOICES == SAMPLING_POLICIES
 
 
+def test_constants_spelled_out_for_a_quick_help_match_their_modules():
+    from mtl_bench import speed, stats
+    from mtl_bench.commands import aggregate as aggregate_command
+    from mtl_bench.commands import speed as speed_command
+
+    assert aggregate_command.CI_METHODS == stats.CI_METHODS
+    assert (speed_command.DEFAULT_ROUNDS, speed_command.DEFAULT_STEPS) == (
+        speed.DEFAULT_ROUNDS, speed.DEFAULT_STEPS)
+
+
+def test_help_imports_neither_torch_nor_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mtl_bench.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_plain_text_drops_markup_and_keeps_paragraphs_and_bullets():
     doc = """``mtl-bench x``: does :func:`~mtl_bench.sweep.expand` with :mod:`mtl_bench.store`.
 

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 from mtl_bench.errors import OutputError
-from mtl_bench.stats import CI_METHODS
 
+#: stats.CI_METHODS, spelled out because importing mtl_bench.stats imports scipy (slow for
+#: --help); a test checks that the two agree.
+CI_METHODS = ("t", "bootstrap")
 HELP = "turn run records into tables (mean, CI, Delta_m, ranks, tests)"
 DEFAULT_TABLES = Path("reports") / "tables"
 

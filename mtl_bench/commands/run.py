@@ -204,7 +204,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="NAME.PARAM=V[,V...]",
                    help="strategy hyper-parameter or task-pair option; several values form a "
                         "grid; list values use '/' (fixed.weights=1/0.5)")
-    from mtl_bench.architectures import architectures_help
+    from mtl_bench.architecture_spec import architectures_help
     p.add_argument("--architecture", default=None, metavar="NAME[:KEY=VALUE,...][,...]",
                    help="architecture(s), each with its keys and their defaults (default: "
                         "shared, hard sharing): " + architectures_help() + "; several form a "

@@ -27,9 +27,13 @@ def _csv(text: str) -> list[str]:
     return names
 
 
+#: speed.DEFAULT_ROUNDS and DEFAULT_STEPS, spelled out because importing mtl_bench.speed
+#: imports torch (slow for --help); a test checks that they agree.
+DEFAULT_ROUNDS, DEFAULT_STEPS = 9, 20
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mtl_bench.architectures import architectures_help
-    from mtl_bench.speed import DEFAULT_ROUNDS, DEFAULT_STEPS
+    from mtl_bench.architecture_spec import architectures_help
 
     p.add_argument("--task", dest="tasks", type=_csv, default=["clsreg"],
                    help="task pair(s), comma-separated (default: clsreg)")
