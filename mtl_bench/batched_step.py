@@ -18,7 +18,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from mtl_bench.clock import StepClock
-from mtl_bench.step import _cosines  # the record's layout of a step's diagnostics
+from mtl_bench.step import (
+    _cosines,  # the record's layout of a step's diagnostics
+    set_gradients,
+)
 from mtl_bench.strategy import Strategy, TaskGradients
 from mtl_bench.task import MultiTaskNet, Task
 
@@ -329,13 +332,8 @@ def batched_step(model: StackedModel, strategy: StackedStrategy, inputs: tuple[T
                                       for row in parts], dim=1)
                 applied = torch.einsum("kt,ktp->kp", weights.to(matrix.dtype), matrix)
             pieces = _split_like(applied, at) if source != "rep" else [applied]
-        for p, g in zip(heads, _sum_pieces(coef, head_grads) if heads else []):
-            p.grad = g
-        if source == "rep":
-            torch.autograd.backward(reps, pieces[0].view_as(reps))
-        else:
-            for p, g in zip(at, pieces):
-                p.grad = g
+        set_gradients(heads, _sum_pieces(coef, head_grads) if heads else [], source, reps, at,
+                      pieces)
     t3 = mark()
     optimizer.step()
     t4 = mark()

@@ -73,6 +73,20 @@ def _sum_pieces(coef: Tensor | None, pieces: list[list[Tensor | None]]) -> list[
     return out
 
 
+def set_gradients(heads: Sequence[Tensor], head_pieces: Sequence[Tensor | None], source: str,
+                  rep: Tensor | None, at: Sequence[Tensor], pieces: Sequence[Tensor]) -> None:
+    """Hand the combined update to the optimiser: each head its own gradient; at source
+    ``rep`` back-propagate the representation's update into the trunk once, else the update
+    pieces are the gradients of the parameters ``at``."""
+    for p, g in zip(heads, head_pieces):
+        p.grad = g
+    if source == "rep":
+        torch.autograd.backward(rep, pieces[0].view_as(rep))
+    else:
+        for p, g in zip(at, pieces):
+            p.grad = g
+
+
 def _split_like(flat: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     """Cut a flat vector into views shaped like ``params``."""
     out, offset = [], 0
@@ -240,13 +254,8 @@ def train_step(model: MultiTaskNet, tasks: Sequence[Task], strategy: Strategy,
             if applied is None:
                 applied = update.weights.to(grads.parts_dtype) @ grads.matrix
             pieces = _split_like(applied, at) if source != "rep" else [applied]
-        for p, g in zip(heads, _sum_pieces(coef, head_grads) if heads else []):
-            p.grad = g
-        if source == "rep":
-            torch.autograd.backward(reps[0], pieces[0].view_as(reps[0]))
-        else:
-            for p, g in zip(at, pieces):
-                p.grad = g
+        set_gradients(heads, _sum_pieces(coef, head_grads) if heads else [], source,
+                      reps[0] if source == "rep" else None, at, pieces)
     t3 = mark()
 
     optimizer.step()

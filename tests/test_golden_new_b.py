@@ -13,27 +13,17 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
+from strategy_steps import setup_strategy, update
 
 from mtl_bench.cli import main
 from mtl_bench.errors import UserError
-from mtl_bench.strategy import REGRESSION, TaskGradients, TaskInfo
 from mtl_bench.sweep import parse_assignments
 from mtl_bench.train import build_strategy
 
 NAMES = ["db_mtl", "graddrop", "config", "dualproj", "moco"]
 
 
-def _setup(name, n_tasks, seed=0, **params):
-    s = build_strategy(name, params)
-    s.setup([TaskInfo(f"t{i}", REGRESSION) for i in range(n_tasks)], seed=seed)
-    return s
-
-
-def _update(s, g, losses=None):
-    g = torch.as_tensor(np.asarray(g, dtype=np.float64))
-    losses = torch.ones(len(g), dtype=torch.float64) if losses is None else \
-        torch.tensor(losses, dtype=torch.float64)
-    return s.combine(losses, TaskGradients(g, s.grad_source))
+_setup, _update = setup_strategy, update
 
 
 def _direction(update, g):

@@ -163,6 +163,18 @@ class Reproduction:
         """The ``mtl-bench run`` command that trains the same runs (same run ids)."""
         raise NotImplementedError
 
+    def head(self, records: list[dict[str, Any]], ctx: Context, setup: str,
+             others: str = "the second trains the same runs, with the same run ids, through "
+                           "the generic command") -> list[str]:
+        """The lines every section opens with: title, ``setup``, the commands that reproduce
+        it (``others`` says what the commands after the first do) and the timing line."""
+        return [f"## {self.title}", "", setup, "",
+                f"Commands (the first runs the grid if needed and writes this section; {others}):",
+                "", "```bash", f"python -m mtl_bench.reproduce {self.name} --seeds "
+                f"{seeds_text(ctx.seeds)} --epochs {ctx.epochs} --jobs {ctx.jobs}",
+                self.command(ctx.seeds, ctx.epochs, ctx.runs_dir, ctx.jobs), "```", "",
+                timing_text(records, ctx.timing) + " " + failed_text(records), ""]
+
     def section(self, records: list[dict[str, Any]], ctx: Context) -> str:
         raise NotImplementedError
 

@@ -32,11 +32,9 @@ from mtl_bench.reproductions.common import (
     band,
     ci_text,
     count,
-    failed_text,
     seeds_text,
     task_colours,
     text_display,
-    timing_text,
     verdict_all_seeds,
 )
 from mtl_bench.store import EPOCH, METRIC, SPLIT, TASK, VALUE, curves_frame
@@ -141,13 +139,7 @@ class GradNormToy(Reproduction):
         first = ok[0] if ok else (records[0] if records else {})
         cfg = first.get("config", {})
         data = first.get("data", {})
-        out = [f"## {self.title}", "", self._setup(cfg, data, ctx), "",
-               "Commands (the first runs the grid if needed and writes this section; the second "
-               "trains the same runs, with the same run ids, through the generic command):", "",
-               "```bash", f"python -m mtl_bench.reproduce {self.name} --seeds "
-               f"{seeds_text(ctx.seeds)} --epochs {ctx.epochs} --jobs {ctx.jobs}",
-               self.command(ctx.seeds, ctx.epochs, ctx.runs_dir, ctx.jobs), "```", "",
-               timing_text(records, ctx.timing) + " " + failed_text(records), ""]
+        out = self.head(records, ctx, self._setup(cfg, data, ctx))
         findings: list[Finding] = []
         for t in TOY_N_TASKS:
             runs = by_t.get(t, [])

@@ -39,10 +39,8 @@ from mtl_bench.reproductions.common import (
     Reproduction,
     ci_text,
     combine_verdicts,
-    failed_text,
     seeds_text,
     text_display,
-    timing_text,
     verdict_gap,
 )
 from mtl_bench.store import METRIC, SEED, SPLIT, STRATEGY, TASK, VALUE
@@ -95,16 +93,11 @@ class MultiDigits(Reproduction):
                 f"--runs-dir {runs_dir}")
 
     def section(self, records: list[dict[str, Any]], ctx: Context) -> str:
-        out = [f"## {self.title}", ""]
         ok = [r for r in records if r.get("status") == "ok"]
         first = ok[0] if ok else (records[0] if records else {})
-        out += [self._setup(first.get("config", {}), first.get("data", {}), ctx), "",
-                "Commands (the first runs the grid if needed and writes this section; the "
-                "second trains the same runs through the generic command):", "", "```bash",
-                f"python -m mtl_bench.reproduce {self.name} --seeds {seeds_text(ctx.seeds)} "
-                f"--epochs {ctx.epochs} --jobs {ctx.jobs}",
-                self.command(ctx.seeds, ctx.epochs, ctx.runs_dir, ctx.jobs), "```", "",
-                timing_text(records, ctx.timing) + " " + failed_text(records), ""]
+        out = self.head(records, ctx, self._setup(first.get("config", {}), first.get("data", {}),
+                                                  ctx),
+                        "the second trains the same runs through the generic command")
         if not ok:
             return "\n".join(out + ["No finished runs."])
         tables = aggregate_records(records)

@@ -38,10 +38,8 @@ from mtl_bench.reproductions.common import (
     Finding,
     Reproduction,
     combine_verdicts,
-    failed_text,
     seeds_text,
     text_display,
-    timing_text,
     verdict_all_seeds,
 )
 from mtl_bench.store import EPOCH, METRIC, SPLIT, TASK, VALUE, curves_frame
@@ -352,13 +350,8 @@ class QuadraticRepro(Reproduction):
     def section(self, records: list[dict[str, Any]], ctx: Context) -> str:
         ok = [r for r in records if r.get("status") == "ok"]
         first = ok[0] if ok else (records[0] if records else {})
-        out = [f"## {self.title}", "", self._setup(first, ctx), "",
-               "Commands (the first runs the grid if needed and writes this section; the others "
-               "train the same runs, with the same run ids, through the generic command):", "",
-               "```bash", f"python -m mtl_bench.reproduce {self.name} --seeds "
-               f"{seeds_text(ctx.seeds)} --epochs {ctx.epochs} --jobs {ctx.jobs}",
-               self.command(ctx.seeds, ctx.epochs, ctx.runs_dir, ctx.jobs), "```", "",
-               timing_text(records, ctx.timing) + " " + failed_text(records), ""]
+        out = self.head(records, ctx, self._setup(first, ctx), "the others train the same "
+                        "runs, with the same run ids, through the generic command")
         ends = [quad_end(r) for r in records]
         table = end_table(ends)
         out += ["### Where every run ends", "", markdown_table(table), "", table.note, ""]
